@@ -1,0 +1,160 @@
+"""Input pipeline: TFDS data source → arrays in memory → minibatches drawn inside jit.
+
+Offline datasets (`digits`, `mnist1d`, `mnist1d/shuffled`) are prepared from installed
+packages on first use; catalogue datasets (mnist, cifar10, …) are read through
+`tfds.data_source` and downloaded only when `dataset.download` is true.
+
+The order of the data is a pure function of (data key, step): the epoch's permutation
+is `permutation(fold_in(key, epoch))`, so a resumed run draws exactly the batches an
+uninterrupted run would.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tensorflow_datasets as tfds
+
+from jaxdl.data.builders import OFFLINE_BUILDERS
+from jaxdl.errors import UserError
+
+# Scale of uint8 pixels per dataset: digits count 0–16 set pixels, images count 0–255.
+_PIXEL_MAX = {"digits": 16.0}
+
+
+@dataclasses.dataclass(frozen=True)
+class ArrayDataset:
+    """One split held in memory.
+
+    Attributes:
+      x: inputs, float32 (N, ...): images (N, H, W, C) in [0, 1], signals (N, W, 1).
+      y: integer labels (N,).
+      num_classes: K.
+      name: dataset name as configured.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    num_classes: int
+    name: str
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+def data_dir(config_dir: str | None = None) -> str:
+    """The TFDS data dir: the config's, else `$TFDS_DATA_DIR`, else TFDS's default."""
+    if config_dir:
+        return os.path.expanduser(config_dir)
+    return os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
+
+
+def _offline_builder(name: str, directory: str) -> tfds.core.DatasetBuilder:
+    base, _, variant = name.partition("/")
+    cls = OFFLINE_BUILDERS[base]
+    kwargs = {"data_dir": directory, "file_format": "array_record"}
+    if variant:
+        names = [c.name for c in cls.BUILDER_CONFIGS]
+        if variant not in names:
+            raise UserError(f"unknown variant {variant!r} of dataset {base!r}; valid: {', '.join(names)}")
+        kwargs["config"] = variant
+    builder = cls(**kwargs)
+    if not builder.is_prepared():
+        # TFDS writes into an `incomplete.*` folder and renames it when done, so an
+        # interrupted preparation leaves nothing that a rerun would mistake for data.
+        builder.download_and_prepare(file_format="array_record")
+    return builder
+
+
+def offline_names() -> list[str]:
+    """Every offline dataset name, variants included (e.g. `mnist1d/shuffled`)."""
+    names = []
+    for base, cls in sorted(OFFLINE_BUILDERS.items()):
+        configs = [c.name for c in cls.BUILDER_CONFIGS or []]
+        names += [base] + [f"{base}/{c}" for c in configs if c != "default"]
+    return names
+
+
+def is_offline(name: str) -> bool:
+    return name.partition("/")[0] in OFFLINE_BUILDERS
+
+
+def data_source(name: str, split: str, directory: str | None = None, download: bool = False):
+    """A random-access TFDS data source for `name`/`split`, plus the dataset's info."""
+    directory = data_dir(directory)
+    if is_offline(name):
+        builder = _offline_builder(name, directory)
+        return builder.as_data_source(split=split), builder.info
+    try:
+        builder = tfds.builder(name, data_dir=directory, file_format="array_record")
+    except tfds.core.registered.DatasetNotFoundError as e:
+        raise UserError(f"unknown dataset {name!r} (dataset.name); offline datasets: "
+                        f"{', '.join(offline_names())}, or a TFDS catalogue name") from e
+    if download and not builder.is_prepared():
+        builder.download_and_prepare(file_format="array_record")
+    try:
+        # Fails at once when nothing is prepared; TFDS's own download path would retry
+        # for minutes on a machine without internet.
+        source = builder.as_data_source(split=split)
+    except KeyError as e:
+        if builder.info.splits:
+            raise UserError(f"dataset {name!r} has no split {split!r}; splits: "
+                            f"{', '.join(builder.info.splits)}") from e
+        raise UserError(
+            f"dataset {name!r} is not prepared in {directory} and downloading is off; "
+            f"run once with --config.dataset.download=True on a machine with internet, "
+            f"or use an offline dataset ({', '.join(offline_names())})") from e
+    info = builder.info
+    return source, info
+
+
+def load(name: str, split: str, directory: str | None = None, download: bool = False,
+         image_size: int | None = None) -> ArrayDataset:
+    """Reads a whole split into memory as float32 inputs and integer labels.
+
+    Args:
+      name: dataset name, e.g. `digits`, `mnist1d/shuffled`, `mnist`.
+      split: TFDS split, e.g. `train`, `test`, `train[:10%]`.
+      directory: TFDS data dir (see `data_dir`).
+      download: allow TFDS to download a catalogue dataset.
+      image_size: if set, images are resized (bilinear) to this square size.
+    """
+    source, info = data_source(name, split, directory, download)
+    if info.supervised_keys is None:
+        raise UserError(f"dataset {name!r} has no (input, label) pair; it cannot be used for classification")
+    x_key, y_key = info.supervised_keys
+    n = len(source)
+    if n == 0:
+        raise UserError(f"split {split!r} of dataset {name!r} is empty")
+    try:
+        examples = source.__getitems__(list(range(n)))
+    except TypeError:  # tfds.testing.mock_data's sources read one record at a time
+        examples = [source[i] for i in range(n)]
+    x = np.stack([np.asarray(e[x_key]) for e in examples])
+    y = np.asarray([e[y_key] for e in examples], dtype=np.int32)
+    if x.dtype == np.uint8:
+        x = x.astype(np.float32) / _PIXEL_MAX.get(name.partition("/")[0], 255.0)
+    x = x.astype(np.float32)
+    if x.ndim == 2:  # signals (N, W) → (N, W, 1), channels last like images
+        x = x[:, :, None]
+    if image_size is not None:
+        if x.ndim != 4:
+            raise UserError(f"dataset.image_size applies to images; {name!r} has inputs of shape {x.shape[1:]}")
+        x = np.asarray(jax.image.resize(x, (n, image_size, image_size, x.shape[-1]), "bilinear"))
+    num_classes = info.features[y_key].num_classes
+    return ArrayDataset(x=x, y=y, num_classes=num_classes, name=name)
+
+
+def batch_indices(key: jax.Array, step: jax.Array, num_examples: int, batch_size: int) -> jax.Array:
+    """Indices of the minibatch at `step`: epoch-wise shuffling without replacement.
+
+    The last partial batch of each epoch is dropped, so every batch has `batch_size`
+    rows and the step compiles once.
+    """
+    steps_per_epoch = num_examples // batch_size
+    epoch, i = jnp.divmod(step, steps_per_epoch)
+    perm = jax.random.permutation(jax.random.fold_in(key, epoch), num_examples)
+    return jax.lax.dynamic_slice_in_dim(perm, i * batch_size, batch_size)

@@ -1,0 +1,101 @@
+"""jaxdl launcher: `python launch.py --config=experiments/x.py[:arg] --workdir=W --mode=train`.
+
+Only --config, --workdir and --mode are flags; everything else is a config override,
+e.g. `--config.optim.lr=0.05`. With no flags it trains the MNIST-1D CNN
+(`experiments/mnist1d.py:cnn`) on offline data.
+"""
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_CONFIG = os.path.join(HERE, "experiments", "mnist1d.py") + ":cnn"
+MODES = ("train", "eval", "show")
+
+
+
+def _fail(message: str, code: int = 2):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def _reason(e: BaseException) -> str:
+    """The innermost cause of a config-loading error, as one line."""
+    while e.__cause__ is not None:
+        e = e.__cause__
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    return lines[-1].strip("\"'") if lines else type(e).__name__
+
+
+try:  # config_flags parses --config.* overrides while the flag is defined
+    config_flags.DEFINE_config_file(
+        "config", DEFAULT_CONFIG, "Experiment config file, `path.py` or `path.py:arg`.",
+        lock_config=True)
+except (KeyError, AttributeError, ValueError, TypeError) as e:
+    _fail(f"unknown config field {_reason(e)!r} in a --config.* override; "
+          f"list the fields with --mode=show")
+flags.DEFINE_string("workdir", None, "Where checkpoints and logs go (default: runs/<config name>).")
+flags.DEFINE_enum("mode", "train", MODES, "train: train (resuming from the workdir); "
+                  "eval: evaluate the workdir's latest checkpoint; show: print the config.")
+FLAGS = flags.FLAGS
+
+
+def _parse(argv):
+    """absl's parser, with flag and config-file errors as one line instead of a traceback."""
+    try:
+        argv = FLAGS(argv)
+        FLAGS.config.keys()  # loads the config file now, so its errors surface here
+    except OSError as e:
+        _fail(f"cannot load the config file: {_reason(e)}")
+    except flags.Error as e:
+        first, reason = str(e).splitlines()[0].rstrip(":"), _reason(e)
+        _fail(first if reason in first else f"{first}: {reason}")
+    return argv
+
+
+def default_workdir() -> str:
+    """runs/<config file stem>[_<arg>], e.g. runs/mnist1d_cnn."""
+    path = config_flags.get_config_filename(FLAGS["config"])
+    name = os.path.splitext(os.path.basename(path))[0]
+    spec = FLAGS["config"].serialize().partition("=")[2]
+    if ":" in spec:
+        name += "_" + spec.split(":", 1)[1].replace(",", "_").replace("/", "_")
+    return os.path.join("runs", name)
+
+
+def main(argv):
+    if len(argv) > 1:
+        _fail(f"unexpected arguments {argv[1:]}; config values are set as --config.a.b=value")
+    if not FLAGS["verbosity"].present:  # libraries' INFO logs drown the progress lines
+        logging.set_verbosity(logging.WARNING)
+    import jax
+
+    from jaxdl import tasks
+    from jaxdl.errors import UserError
+    from jaxdl.train import TrainingDiverged
+
+    config = FLAGS.config
+    if FLAGS.mode == "show":
+        print(config)
+        return
+    workdir = FLAGS.workdir or default_workdir()
+    print(f"jaxdl: {jax.device_count()} {jax.devices()[0].platform} device(s); "
+          f"config {config_flags.get_config_filename(FLAGS['config'])}; workdir {workdir}", flush=True)
+    try:
+        task = tasks.get(config.get("task", "classification"))
+        if FLAGS.mode == "train":
+            task.train_and_evaluate(config, workdir)
+        else:
+            if not hasattr(task, "evaluate_workdir"):
+                _fail(f"--mode=eval is not available for task {config.task!r}; use --mode=train")
+            task.evaluate_workdir(config, workdir)
+    except UserError as e:
+        _fail(str(e))
+    except TrainingDiverged as e:
+        _fail(f"training diverged: {e}", code=3)
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=_parse)
