@@ -36,7 +36,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.checkpoint_every = 1000
     config.keep_checkpoints = 3
     config.steps_per_call = STEPS_PER_CALL[model]
-    config.unroll = True
+    config.unroll = model == "cnn"  # unrolled only where the loop body holds convolutions
     config.eval_batch_size = 1000
 
     config.dataset = ml_collections.ConfigDict()

@@ -80,22 +80,17 @@ def _logits(output):
     return output[0] if isinstance(output, tuple) else output
 
 
-def train_step(state: TrainState, x: jax.Array, y: jax.Array, *,
-               batch_size: int) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One minibatch SGD step on the device-resident train set.
+def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One minibatch SGD step: forward, cross-entropy, backward, optimiser update.
 
     Args:
       state: one replica's state (no seed axis; vmap it for several).
-      x: all training inputs (N, ...).
-      y: all training labels (N,).
-      batch_size: B.
+      batch: {"x": (B, ...) inputs, "y": (B,) integer labels}.
 
     Returns:
       The new state and {loss, accuracy, grad_norm} of this minibatch.
     """
-    idx = data_lib.batch_indices(jax.random.fold_in(state.key, _DATA), state.step,
-                                 x.shape[0], batch_size)
-    xb, yb = x[idx], y[idx]
+    xb, yb = batch["x"], batch["y"]
     dropout_key = jax.random.fold_in(jax.random.fold_in(state.key, _DROPOUT), state.step)
 
     def loss_fn(params):
@@ -120,13 +115,37 @@ def train_step(state: TrainState, x: jax.Array, y: jax.Array, *,
 
 def train_steps(state: TrainState, x: jax.Array, y: jax.Array, *, batch_size: int,
                 num: int, unroll: bool) -> tuple[TrainState, dict[str, jax.Array]]:
-    """`num` consecutive train steps in one call; metrics gain a leading (num,) axis.
+    """`num` consecutive train steps on the device-resident train set, in one call.
 
+    Step s trains on the batch `jaxdl.data.batch_indices(data key, s, N, B)`. The epoch
+    permutations the call needs are drawn once per call, not once per step: on the CPU
+    a permutation of a few thousand indices costs more than a whole MLP step.
     A rolled `lax.scan` helps dispatch-bound MLPs but runs convolutions inside the loop
     body several times slower on XLA:CPU; `unroll=True` avoids that.
+
+    Args:
+      state: one replica's state.
+      x: all training inputs (N, ...).
+      y: all training labels (N,).
+      batch_size: B.
+      num: steps in this call.
+      unroll: unroll the loop over steps.
+
+    Returns:
+      The new state and the metrics of each step, with a leading (num,) axis.
     """
+    n = x.shape[0]
+    steps_per_epoch = n // batch_size
+    span = (steps_per_epoch + num - 2) // steps_per_epoch + 1  # epochs one call can touch
+    first_epoch = state.step // steps_per_epoch
+    perms = data_lib.epoch_permutations(jax.random.fold_in(state.key, _DATA),
+                                        first_epoch + jnp.arange(span), n)
+
     def body(s, _):
-        return train_step(s, x, y, batch_size=batch_size)
+        epoch, i = jnp.divmod(s.step, steps_per_epoch)
+        idx = jax.lax.dynamic_slice_in_dim(perms[epoch - first_epoch], i * batch_size, batch_size)
+        return train_step(s, {"x": x[idx], "y": y[idx]})
+
     return jax.lax.scan(body, state, None, length=num, unroll=num if unroll else 1)
 
 
@@ -283,6 +302,56 @@ def _check_resumable(saved: dict, config: ml_collections.ConfigDict, workdir: st
 
 # ----------------------------------------------------------------------------------
 
+def _setup(config: ml_collections.ConfigDict):
+    """Data, model, optimiser and freshly initialised state (K replicas) for `config`."""
+    check_config(config)
+    ds_cfg = config.dataset
+    load = functools.partial(data_lib.load, ds_cfg.name, directory=ds_cfg.get("data_dir"),
+                             download=ds_cfg.get("download", False),
+                             image_size=ds_cfg.get("image_size"))
+    train_ds = load(ds_cfg.get("train_split", "train"))
+    test_ds = load(ds_cfg.get("test_split", "test"))
+    if config.batch_size > len(train_ds):
+        raise UserError(f"batch_size {config.batch_size} is larger than the {len(train_ds)} "
+                        f"training examples of {ds_cfg.name!r}; lower --config.batch_size")
+    num_steps = num_train_steps(config, len(train_ds))
+    model = make_model(config.model, train_ds.num_classes)
+    tx = optim_lib.make_optimizer(config.optim, num_steps)
+    keys = jnp.stack([jax.random.PRNGKey(config.seed + k) for k in range(config.num_seeds)])
+    sample = jnp.asarray(train_ds.x[:1])
+    try:
+        state = jax.jit(jax.vmap(lambda k: create_state(k, model, tx, sample)))(keys)
+    except ValueError as e:  # a model that cannot take this input says why
+        raise UserError(f"model {config.model.name!r} cannot take inputs of shape "
+                        f"{train_ds.x.shape[1:]} from {ds_cfg.name!r}: {e}") from e
+    return train_ds, test_ds, num_steps, state
+
+
+def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str,
+                     print_fn: Callable[[str], None] = print) -> dict[str, Any]:
+    """Evaluates the latest checkpoint in `workdir` on the test split; writes `eval.json`."""
+    workdir = os.path.abspath(workdir)
+    ckpts = Checkpoints(workdir) if os.path.isdir(os.path.join(workdir, "checkpoints")) else None
+    step = ckpts.latest_step() if ckpts else None
+    if step is None:
+        raise UserError(f"no checkpoint in {workdir}; train first (--mode=train) or pass the run's --workdir")
+    config_path = os.path.join(workdir, "config.json")
+    if os.path.exists(config_path):
+        with open(config_path) as f:
+            _check_resumable(json.load(f), config, workdir)
+    _, test_ds, _, state = _setup(config)
+    state = ckpts.restore(step, state)
+    ckpts.close()
+    eval_fn = jax.jit(jax.vmap(eval_step, in_axes=(0, None, None, None)))
+    result = {"step": step}
+    for name, values in evaluate(eval_fn, state, eval_batches(test_ds, config.get("eval_batch_size", 1000))).items():
+        result.update(summarise(name, values))
+    with open(os.path.join(workdir, "eval.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    print_fn(f"step {step}: test loss {result['test_loss']:.4f}  test accuracy {result['test_accuracy']:.4f}")
+    return result
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        print_fn: Callable[[str], None] = print) -> dict[str, Any]:
     """Trains `num_seeds` replicas, evaluating, logging and checkpointing; resumes if it can.
@@ -296,34 +365,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       Final metrics: `test_accuracy`, `test_loss` (means over seeds), with `_std` and
       `_per_seed` entries when `num_seeds` > 1, plus `step` and `train_time_s`.
     """
-    # ---------------------------------------------------------------- set-up
-    check_config(config)
-    workdir = os.path.abspath(workdir)
-
-    # ---------------------------------------------------------------- data
+    # ---------------------------------------------------------------- data, model and optimiser
+    train_ds, test_ds, num_steps, state = _setup(config)
     ds_cfg = config.dataset
-    load = functools.partial(data_lib.load, ds_cfg.name, directory=ds_cfg.get("data_dir"),
-                             download=ds_cfg.get("download", False),
-                             image_size=ds_cfg.get("image_size"))
-    train_ds = load(ds_cfg.get("train_split", "train"))
-    test_ds = load(ds_cfg.get("test_split", "test"))
-    if config.batch_size > len(train_ds):
-        raise UserError(f"batch_size {config.batch_size} is larger than the {len(train_ds)} "
-                        f"training examples of {ds_cfg.name!r}; lower --config.batch_size")
-    num_steps = num_train_steps(config, len(train_ds))
-
-    # ---------------------------------------------------------------- model and optimiser
-    model = make_model(config.model, train_ds.num_classes)
-    tx = optim_lib.make_optimizer(config.optim, num_steps)
     schedule = optim_lib.make_schedule(config.optim, num_steps)
-    keys = jnp.stack([jax.random.PRNGKey(config.seed + k) for k in range(config.num_seeds)])
-    sample = jnp.asarray(train_ds.x[:1])
-    try:
-        init = jax.jit(jax.vmap(lambda k: create_state(k, model, tx, sample)))
-        state = init(keys)
-    except ValueError as e:  # a model that cannot take this input says why
-        raise UserError(f"model {config.model.name!r} cannot take inputs of shape "
-                        f"{train_ds.x.shape[1:]} from {ds_cfg.name!r}: {e}") from e
+    workdir = os.path.abspath(workdir)
 
     # ---------------------------------------------------------------- workdir and restore
     try:

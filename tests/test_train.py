@@ -90,20 +90,40 @@ def test_catalogue_dataset_offline_fails_fast_with_a_clear_message(tmp_path):
 
 # ---------------------------------------------------------------- train loop
 
-def test_train_step_compiles_once():
-    config = tiny_config()
+def _digits_state(config, seed=0):
     ds = data.load("digits", "train")
     model = train.make_model(config.model, 10)
-    tx = train.optim_lib.make_optimizer(config.optim, 10)
-    state = train.create_state(jax.random.PRNGKey(0), model, tx, jnp.asarray(ds.x[:1]))
-    step = jax.jit(chex.assert_max_traces(train.train_step, n=1), static_argnames="batch_size",
-                   donate_argnums=0)
-    x, y = jnp.asarray(ds.x), jnp.asarray(ds.y)
+    tx = train.optim_lib.make_optimizer(config.optim, 100)
+    state = train.create_state(jax.random.PRNGKey(seed), model, tx, jnp.asarray(ds.x[:1]))
+    return state, jnp.asarray(ds.x), jnp.asarray(ds.y)
+
+
+def test_train_step_compiles_once():
+    state, x, y = _digits_state(tiny_config())
+    step = jax.jit(chex.assert_max_traces(train.train_step, n=1), donate_argnums=0)
     losses = []
-    for _ in range(5):
-        state, metrics = step(state, x, y, batch_size=32)
+    for s in range(5):
+        state, metrics = step(state, {"x": x[32 * s:32 * (s + 1)], "y": y[32 * s:32 * (s + 1)]})
         losses.append(float(metrics["loss"]))
     assert int(state.step) == 5 and np.all(np.isfinite(losses)) and losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("unroll", [True, False])
+def test_chunked_steps_draw_the_batches_of_batch_indices(unroll):
+    """Several steps per call (crossing an epoch boundary) equal one step per batch_indices batch."""
+    config = tiny_config()
+    config.batch_size = 400  # 3 steps per epoch: 7 steps span 3 epochs
+    state, x, y = _digits_state(config)
+    chunked, metrics = jax.jit(lambda s: train.train_steps(
+        s, x, y, batch_size=400, num=7, unroll=unroll))(state)
+    ref = state
+    data_key = jax.random.fold_in(state.key, train._DATA)
+    for s in range(7):
+        idx = data.batch_indices(data_key, jnp.int32(s), x.shape[0], 400)
+        ref, m = jax.jit(train.train_step)(ref, {"x": x[idx], "y": y[idx]})
+        np.testing.assert_allclose(metrics["loss"][s], m["loss"], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(chunked.params), jax.tree.leaves(ref.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_one_train_step_on_mock_mnist(tmp_path):
@@ -142,6 +162,8 @@ def test_training_learns_digits_and_writes_its_workdir(tmp_path):
     assert {"train_loss", "train_accuracy", "lr"} <= set(log[0]) and "test_accuracy" in log[1]
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["150", "300"]
     assert json.load(open(tmp_path / "results.json"))["test_accuracy"] == result["test_accuracy"]
+    evaluated = train.evaluate_workdir(config, str(tmp_path), print_fn=lambda s: None)
+    assert evaluated["step"] == 300 and evaluated["test_accuracy"] == result["test_accuracy"]
     # Rerunning a finished run resumes at its end and changes nothing.
     again = train.train_and_evaluate(config, str(tmp_path), print_fn=lambda s: None)
     assert again["test_accuracy"] == result["test_accuracy"]

@@ -148,13 +148,19 @@ def load(name: str, split: str, directory: str | None = None, download: bool = F
     return ArrayDataset(x=x, y=y, num_classes=num_classes, name=name)
 
 
-def batch_indices(key: jax.Array, step: jax.Array, num_examples: int, batch_size: int) -> jax.Array:
-    """Indices of the minibatch at `step`: epoch-wise shuffling without replacement.
+def epoch_permutations(key: jax.Array, epochs: jax.Array, num_examples: int) -> jax.Array:
+    """The shuffled order of each epoch in `epochs` (E,): (E, N) indices."""
+    return jax.vmap(lambda e: jax.random.permutation(jax.random.fold_in(key, e), num_examples))(epochs)
 
-    The last partial batch of each epoch is dropped, so every batch has `batch_size`
-    rows and the step compiles once.
+
+def batch_indices(key: jax.Array, step: jax.Array, num_examples: int, batch_size: int) -> jax.Array:
+    """Indices (B,) of the minibatch at `step`: epoch-wise shuffling without replacement.
+
+    The definition of the data order; the train loop computes the same indices with
+    the permutations of several steps drawn at once. The last partial batch of each
+    epoch is dropped, so every batch has `batch_size` rows and the step compiles once.
     """
     steps_per_epoch = num_examples // batch_size
     epoch, i = jnp.divmod(step, steps_per_epoch)
-    perm = jax.random.permutation(jax.random.fold_in(key, epoch), num_examples)
+    perm = epoch_permutations(key, epoch[None], num_examples)[0]
     return jax.lax.dynamic_slice_in_dim(perm, i * batch_size, batch_size)

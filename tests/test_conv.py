@@ -1,0 +1,190 @@
+"""Convolution from the lecture's sum, checked against lax.conv_general_dilated and Figure 4-14."""
+import functools
+import itertools
+import zlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from jaxdl import nn as jnn
+
+# These shapes are tiny, so XLA:CPU's optimising back end costs far more than it
+# saves: compile the test programs without it.
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
+
+
+def _configs(nd, count, seed):
+    """Random tiny configurations: (spatial, kernel, C, K, stride, padding, bias)."""
+    rng = np.random.default_rng(seed)
+    configs = []
+    while len(configs) < count:
+        padding = ["valid", "zero", "replicate"][len(configs) % 3]
+        kernel = tuple(int(k) for k in rng.integers(1, 4, size=nd))
+        if padding != "valid" and any(k % 2 == 0 for k in kernel):
+            continue
+        spatial = tuple(int(n) for n in rng.integers(3, 8, size=nd))
+        if padding == "valid" and any(k > n for k, n in zip(kernel, spatial)):
+            continue
+        stride = tuple(int(s) for s in rng.integers(1, 4, size=nd))
+        stride = stride[0] if len(set(stride)) == 1 else stride
+        configs.append((spatial, kernel, int(rng.integers(1, 4)), int(rng.integers(1, 3)),
+                        stride, padding, bool(rng.integers(2))))
+    return configs
+
+
+# 36 configurations per dimensionality, each with 3 random draws of x, kernel and
+# bias: 216 cases, while compiling each configuration only once.
+CASES = [(nd, cfg, draw) for nd in (1, 2) for cfg in _configs(nd, 36, seed=nd)
+         for draw in range(3)]
+
+
+def _case_id(case):
+    nd, (spatial, kernel, c, k, stride, padding, bias), draw = case
+    return (f"{nd}d-x{'x'.join(map(str, spatial))}-k{'x'.join(map(str, kernel))}-C{c}K{k}"
+            f"-s{stride}-{padding}{'-bias' if bias else ''}-{draw}")
+
+
+@functools.partial(jax.jit, static_argnames=("stride", "padding"), compiler_options=FAST_COMPILE)
+def _ours_and_oracle(x, kernel, bias, stride, padding):
+    nd = x.ndim - 2
+    conv = jnn.conv1d if nd == 1 else jnn.conv2d
+    ours = [conv(x, kernel, bias, stride=stride, padding=padding, impl=impl)
+            for impl in jnn.conv.IMPLS]
+    strides = (stride,) * nd if isinstance(stride, int) else stride
+    half = [((k - 1) // 2, (k - 1) // 2) for k in kernel.shape[:nd]]
+    if padding == "replicate":
+        x = jnp.pad(x, [(0, 0), *half, (0, 0)], mode="edge")
+    pads = half if padding == "zero" else [(0, 0)] * nd
+    spec = ("NWC", "WIO", "NWC") if nd == 1 else ("NHWC", "HWIO", "NHWC")
+    oracle = lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=spec,
+                                      precision=lax.Precision.HIGHEST)
+    if bias is not None:
+        oracle = oracle + bias.reshape((1,) * (nd + 1) + bias.shape)
+    return ours, oracle
+
+
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_conv_matches_lax(case):
+    nd, (spatial, kernel_size, c, k, stride, padding, use_bias), draw = case
+    rng = np.random.default_rng(zlib.crc32(_case_id(case).encode()))
+    x = rng.normal(size=(2, *spatial, c)).astype(np.float32)
+    kernel = rng.normal(size=(*kernel_size, c, k)).astype(np.float32)
+    bias = rng.normal(size=(k,)).astype(np.float32) if use_bias else None
+    every_impl, oracle = _ours_and_oracle(x, kernel, bias, stride=stride, padding=padding)
+    for ours in every_impl:  # the lecture's sum, im2col patches and lax: one answer
+        assert ours.shape == oracle.shape
+        if padding != "valid":
+            strides = (stride,) * nd if isinstance(stride, int) else stride
+            assert ours.shape[1:-1] == tuple(-(-n // s) for n, s in zip(spatial, strides))
+        np.testing.assert_allclose(ours, oracle, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("impl", ["sum", "patches", "xla"])
+@pytest.mark.parametrize("nd,pad,kernel_size,stride", [
+    (1, 1, 5, 2), (1, 2, 3, 1), (2, 1, 3, 2), (2, 3, 5, 1), (1, 0, 3, 3)])
+def test_integer_padding_matches_lax(impl, nd, pad, kernel_size, stride):
+    rng = np.random.default_rng(pad * 10 + kernel_size)
+    x = rng.normal(size=(2, *(9,) * nd, 3)).astype(np.float32)
+    kernel = rng.normal(size=(*(kernel_size,) * nd, 3, 4)).astype(np.float32)
+    conv = jnn.conv1d if nd == 1 else jnn.conv2d
+    ours = conv(x, kernel, stride=stride, padding=pad, impl=impl)
+    spec = ("NWC", "WIO", "NWC") if nd == 1 else ("NHWC", "HWIO", "NHWC")
+    oracle = lax.conv_general_dilated(x, kernel, (stride,) * nd, [(pad, pad)] * nd,
+                                      dimension_numbers=spec, precision=lax.Precision.HIGHEST)
+    np.testing.assert_allclose(ours, oracle, rtol=1e-5, atol=1e-5)
+
+
+def test_figure_4_14_tensor_convolution():
+    r = [[0, 0, 0], [0, 1, 1], [0, 2, 1]]
+    g = [[0, 0, 0], [0, 2, 2], [0, 1, 0]]
+    b = [[0, 0, 0], [0, 0, 3], [0, 1, 0]]
+    c1 = [[0, 0, 0], [0, 0, 1], [0, 1, 0]]
+    c2 = [[0, 2, 0], [0, 2, 0], [0, 2, 0]]
+    c3 = [[1, 0, 0], [0, 2, 0], [0, 0, 1]]
+    x = jnp.asarray(np.stack([r, g, b], axis=-1)[None], jnp.float32)       # (1, 3, 3, 3)
+    kernel = jnp.asarray(np.stack([c1, c2, c3], axis=-1)[..., None], jnp.float32)  # (3, 3, 3, 1)
+    out = jax.jit(jnn.conv2d, static_argnames="padding")(x, kernel, padding="zero")
+    assert out.shape == (1, 3, 3, 1)
+    assert out[0, 1, 1, 0] == 9
+
+
+def test_replicate_padding_by_hand():
+    # Padding [1, 2, 4] by copies gives [1, 1, 2, 4, 4]; the kernel [1, 0, -1]
+    # takes left minus right neighbour.
+    x = jnp.array([1.0, 2.0, 4.0]).reshape(1, 3, 1)
+    kernel = jnp.array([1.0, 0.0, -1.0]).reshape(3, 1, 1)
+    replicate, zero, valid = jax.jit(lambda x, u: [
+        jnn.conv1d(x, u, padding=p)[0, :, 0] for p in ("replicate", "zero", "valid")])(x, kernel)
+    np.testing.assert_allclose(replicate, [-1, -3, -2])
+    np.testing.assert_allclose(zero, [-2, -3, 2])
+    np.testing.assert_allclose(valid, [-3])
+
+
+def test_conv2d_module_parameter_count(key):
+    layer = jnn.Conv2D(64, (7, 7))
+    variables = jax.eval_shape(layer.init, key, jnp.zeros((1, 9, 9, 1)))
+    count = sum(p.size for p in jax.tree.leaves(variables))
+    assert count == (7 * 7 + 1) * 64 == 3200
+    assert variables["params"]["kernel"].shape == (7, 7, 1, 64)
+
+
+@pytest.mark.parametrize("module, shape, out_shape", [
+    (functools.partial(jnn.Conv1D, 4, 3, padding="replicate", strides=2), (2, 9, 3), (2, 5, 4)),
+    (functools.partial(jnn.Conv2D, 5, (3, 1), use_bias=False), (1, 6, 4, 2), (1, 4, 4, 5)),
+])
+def test_modules_apply_their_function(module, shape, out_shape, key):
+    layer = module()
+    params = jax.eval_shape(layer.init, key, jnp.zeros(shape))["params"]
+    rng = np.random.default_rng(0)
+    params = {name: rng.normal(size=p.shape).astype(np.float32) for name, p in params.items()}
+    x = rng.normal(size=shape).astype(np.float32)
+    conv = jnn.conv1d if len(shape) == 3 else jnn.conv2d
+
+    @jax.jit
+    def run(params, x):
+        expected = conv(x, params["kernel"], params.get("bias"), stride=layer.strides,
+                        padding=layer.padding)
+        return layer.apply({"params": params}, x), expected
+
+    out, expected = run(params, x)
+    assert out.shape == out_shape
+    assert ("bias" in params) == layer.use_bias
+    np.testing.assert_allclose(out, expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"kernel_shape": (2, 2, 1, 1), "padding": "zero"}, "odd"),
+    ({"kernel_shape": (3, 3, 1, 1), "stride": 0}, "stride"),
+    ({"kernel_shape": (3, 3, 1, 1), "stride": (1, -1)}, "stride"),
+    ({"kernel_shape": (5, 5, 1, 1)}, "larger than the padded input"),
+    ({"kernel_shape": (3, 3, 1, 1), "padding": "same"}, "padding"),
+    ({"kernel_shape": (3, 3, 2, 1)}, "channels"),
+    ({"kernel_shape": (3, 3, 1, 1), "padding": -1}, "padding"),
+    ({"kernel_shape": (3, 3, 1, 1), "impl": "fft"}, "impl"),
+])
+def test_bad_arguments_raise(kwargs, match):
+    x = jnp.zeros((1, 4, 4, 1))
+    kwargs = dict(kwargs)
+    kernel = jnp.zeros(kwargs.pop("kernel_shape"))
+    with pytest.raises(ValueError, match=match):
+        jnn.conv2d(x, kernel, **kwargs)
+
+
+def test_gradient_flows_through_the_kernel():
+    # Weight sharing: every output position contributes to the kernel's gradient.
+    x = jnp.ones((1, 5, 1))
+    grad = jax.jit(jax.grad(lambda u: jnn.conv1d(x, u).sum()))(jnp.zeros((3, 1, 1)))
+    np.testing.assert_allclose(grad[:, 0, 0], [3.0, 3.0, 3.0])
+
+
+def test_all_offsets_are_visited():
+    # A single 1 in the kernel at (y, x) shifts the image by (y, x).
+    x = jnp.arange(1.0, 26.0).reshape(1, 5, 5, 1)
+    conv = jax.jit(jnn.conv2d)
+    for y, xo in itertools.product(range(3), range(3)):
+        kernel = np.zeros((3, 3, 1, 1), np.float32)
+        kernel[y, xo] = 1.0
+        np.testing.assert_array_equal(conv(x, kernel)[0, ..., 0], x[0, y:y + 3, xo:xo + 3, 0])
