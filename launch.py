@@ -12,7 +12,7 @@ from ml_collections import config_flags
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CONFIG = os.path.join(HERE, "experiments", "mnist1d.py") + ":cnn"
-MODES = ("train", "eval", "show")
+MODES = ("train", "eval", "summary", "show")
 
 
 
@@ -38,7 +38,8 @@ except (KeyError, AttributeError, ValueError, TypeError) as e:
           f"list the fields with --mode=show")
 flags.DEFINE_string("workdir", None, "Where checkpoints and logs go (default: runs/<config name>).")
 flags.DEFINE_enum("mode", "train", MODES, "train: train (resuming from the workdir); "
-                  "eval: evaluate the workdir's latest checkpoint; show: print the config.")
+                  "eval: evaluate the workdir's latest checkpoint; summary: print the model's "
+                  "layers and parameter counts; show: print the config.")
 FLAGS = flags.FLAGS
 
 
@@ -85,12 +86,10 @@ def main(argv):
           f"config {config_flags.get_config_filename(FLAGS['config'])}; workdir {workdir}", flush=True)
     try:
         task = tasks.get(config.get("task", "classification"))
-        if FLAGS.mode == "train":
-            task.train_and_evaluate(config, workdir)
-        else:
-            if not hasattr(task, "evaluate_workdir"):
-                _fail(f"--mode=eval is not available for task {config.task!r}; use --mode=train")
-            task.evaluate_workdir(config, workdir)
+        run = {"train": "train_and_evaluate", "eval": "evaluate_workdir", "summary": "summary"}
+        if not hasattr(task, run[FLAGS.mode]):
+            _fail(f"--mode={FLAGS.mode} is not available for task {config.task!r}; use --mode=train")
+        getattr(task, run[FLAGS.mode])(config, workdir)
     except UserError as e:
         _fail(str(e))
     except TrainingDiverged as e:

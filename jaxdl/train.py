@@ -12,6 +12,7 @@ run would.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -27,6 +28,7 @@ import numpy as np
 import optax
 
 from jaxdl import data as data_lib
+from jaxdl.data import augment as augment_lib
 from jaxdl import losses
 from jaxdl import models
 from jaxdl import optim as optim_lib
@@ -34,7 +36,7 @@ from jaxdl.checkpoint import Checkpoints
 from jaxdl.errors import UserError, unknown_name
 
 # Streams derived from a replica's key with fold_in: never reuse one for two purposes.
-_INIT, _DATA, _DROPOUT = 0, 1, 2
+_INIT, _DATA, _DROPOUT, _AUGMENT = 0, 1, 2, 3
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -114,7 +116,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainSta
 
 
 def train_steps(state: TrainState, x: jax.Array, y: jax.Array, *, batch_size: int,
-                num: int, unroll: bool) -> tuple[TrainState, dict[str, jax.Array]]:
+                num: int, unroll: bool, crop_padding: int = 0,
+                flip: bool = False) -> tuple[TrainState, dict[str, jax.Array]]:
     """`num` consecutive train steps on the device-resident train set, in one call.
 
     Step s trains on the batch `jaxdl.data.batch_indices(data key, s, N, B)`. The epoch
@@ -130,6 +133,7 @@ def train_steps(state: TrainState, x: jax.Array, y: jax.Array, *, batch_size: in
       batch_size: B.
       num: steps in this call.
       unroll: unroll the loop over steps.
+      crop_padding, flip: augmentation of image batches (`jaxdl.data.augment`).
 
     Returns:
       The new state and the metrics of each step, with a leading (num,) axis.
@@ -144,7 +148,11 @@ def train_steps(state: TrainState, x: jax.Array, y: jax.Array, *, batch_size: in
     def body(s, _):
         epoch, i = jnp.divmod(s.step, steps_per_epoch)
         idx = jax.lax.dynamic_slice_in_dim(perms[epoch - first_epoch], i * batch_size, batch_size)
-        return train_step(s, {"x": x[idx], "y": y[idx]})
+        xb = x[idx]
+        if crop_padding or flip:
+            key = jax.random.fold_in(jax.random.fold_in(s.key, _AUGMENT), s.step)
+            xb = augment_lib.augment(key, xb, crop_padding, flip)
+        return train_step(s, {"x": xb, "y": y[idx]})
 
     return jax.lax.scan(body, state, None, length=num, unroll=num if unroll else 1)
 
@@ -311,6 +319,14 @@ def _setup(config: ml_collections.ConfigDict):
                              image_size=ds_cfg.get("image_size"))
     train_ds = load(ds_cfg.get("train_split", "train"))
     test_ds = load(ds_cfg.get("test_split", "test"))
+    if ds_cfg.get("mean") is not None:  # per-channel normalisation, the same for both splits
+        mean = np.asarray(ds_cfg.mean, np.float32)
+        std = np.asarray(ds_cfg.get("std") or 1.0, np.float32)
+        train_ds, test_ds = (dataclasses.replace(d, x=(d.x - mean) / std) for d in (train_ds, test_ds))
+    aug = config.get("augment") or {}
+    if (aug.get("crop_padding", 0) or aug.get("flip", False)) and train_ds.x.ndim != 4:
+        raise UserError(f"augment.crop_padding/flip apply to images; {ds_cfg.name!r} has inputs "
+                        f"of shape {train_ds.x.shape[1:]}")
     if config.batch_size > len(train_ds):
         raise UserError(f"batch_size {config.batch_size} is larger than the {len(train_ds)} "
                         f"training examples of {ds_cfg.name!r}; lower --config.batch_size")
@@ -350,6 +366,31 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str,
         json.dump(result, f, indent=2)
     print_fn(f"step {step}: test loss {result['test_loss']:.4f}  test accuracy {result['test_accuracy']:.4f}")
     return result
+
+
+def summary(config: ml_collections.ConfigDict, workdir: str | None = None,
+            print_fn: Callable[[str], None] = print) -> list[dict]:
+    """Prints the model's layers (output shape, nodes, parameters) for the config's input.
+
+    The input shape is `dataset.input_shape` when the config sets it (catalogue datasets
+    need not be present), else that of the dataset's training split.
+    """
+    from jaxdl import summary as summary_lib
+
+    del workdir
+    check_config(config)
+    ds_cfg = config.dataset
+    shape = ds_cfg.get("input_shape")
+    num_classes = ds_cfg.get("num_classes")
+    if shape is None or num_classes is None:
+        ds = data_lib.load(ds_cfg.name, ds_cfg.get("train_split", "train"), directory=ds_cfg.get("data_dir"),
+                           download=ds_cfg.get("download", False), image_size=ds_cfg.get("image_size"))
+        shape, num_classes = shape or ds.x.shape[1:], num_classes or ds.num_classes
+    model = make_model(config.model, num_classes)
+    try:
+        return summary_lib.print_summary(model, tuple(shape), print_fn)
+    except ValueError as e:
+        raise UserError(f"model {config.model.name!r} cannot take inputs of shape {tuple(shape)}: {e}") from e
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -402,7 +443,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     unroll = config.get("unroll", True)
 
     def compiled(num):
-        fn = functools.partial(train_steps, batch_size=config.batch_size, num=num, unroll=unroll)
+        aug = config.get("augment") or {}
+        fn = functools.partial(train_steps, batch_size=config.batch_size, num=num, unroll=unroll,
+                               crop_padding=aug.get("crop_padding", 0), flip=aug.get("flip", False))
         return jax.jit(jax.vmap(fn, in_axes=(0, None, None)), donate_argnums=0)
 
     step_chunk, step_one = compiled(chunk), compiled(1)

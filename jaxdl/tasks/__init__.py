@@ -9,6 +9,9 @@ from jaxdl.errors import unknown_name
 TASKS = {
     "classification": "jaxdl.train",
     "table": "jaxdl.tasks.table",
+    "dmlp": "jaxdl.tasks.dmlp",
+    "generations": "jaxdl.tasks.generations",
+    "perceptron_logic": "jaxdl.tasks.perceptron_logic",
 }
 
 

@@ -53,15 +53,13 @@ def fit_dmlp(config: ml_collections.ConfigDict, x: np.ndarray, y: np.ndarray,
                               batch_size=config.batch_size, steps=config.num_steps,
                               activations=activations, cost=m.cost)
 
-    us = [jnp.stack(u) for u in zip(*[backprop.init(jax.random.fold_in(k, 0), sizes) for k in keys])]
-    del us  # shapes are checked above by one eager init; the vmapped run does the rest
-    return jax.jit(jax.vmap(one))(keys)
+    return jax.vmap(one)(keys)
 
 
 def accuracy(us: list[jax.Array], x: np.ndarray, y: np.ndarray, activations, cost) -> np.ndarray:
     """Test accuracy of each of the K stacked nets, (K,)."""
     out = jax.vmap(lambda u: backprop.apply(u, x, activations, cost))(us)
-    return np.asarray(jnp.mean(jnp.argmax(out, -1) == y, axis=-1))
+    return np.asarray(jnp.mean(jnp.argmax(out, -1) == y[None], axis=-1))
 
 
 def write_results(workdir: str, result: dict) -> None:

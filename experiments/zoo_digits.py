@@ -1,0 +1,71 @@
+"""The CNN zoo on scikit-learn's digits upsampled to 32×32: one architecture per run.
+
+  python launch.py --config=experiments/zoo_digits.py:resnet18 --workdir=runs/zoo_resnet18
+
+TODO table
+"""
+import ml_collections
+
+# Mean and std of the 32×32 training images (pixels in [0, 1]).
+DIGITS_MEAN, DIGITS_STD = 0.305, 0.324
+
+# Per architecture: the model fields, then the training knobs that differ from the
+# defaults of `get_config`.
+ARCHS = {
+    "lenet5": ({"name": "LeNet5"}, {}),
+    "alexnet": ({"name": "AlexNet", "small_input": True, "width": 0.25}, {}),
+    "vgg11": ({"name": "VGG11", "small_input": True, "width": 0.25}, {}),
+    "vgg16": ({"name": "VGG16", "small_input": True, "width": 0.25, "batch_norm": True}, {}),
+    "googlenet": ({"name": "GoogLeNet", "small_input": True, "width": 0.25}, {}),
+    "resnet18": ({"name": "ResNet18", "small_input": True, "width": 0.25}, {}),
+    "resnet34": ({"name": "ResNet34", "small_input": True, "width": 0.25}, {}),
+    "resnet50": ({"name": "ResNet50", "small_input": True, "width": 0.25}, {}),
+}
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    arch = arg or "resnet18"
+    if arch not in ARCHS:
+        raise ValueError(f"unknown architecture {arch!r} in experiments/zoo_digits.py:{arg}; "
+                         f"valid: {', '.join(ARCHS)}")
+    model, knobs = ARCHS[arch]
+    config = ml_collections.ConfigDict()
+    config.task = "classification"
+    config.seed = 0
+    config.num_seeds = 1
+    config.batch_size = 64
+    config.num_steps = 1000
+    config.num_epochs = ml_collections.config_dict.placeholder(int)  # wins over num_steps when set
+    config.log_every = 100
+    config.eval_every = 500
+    config.checkpoint_every = 500
+    config.keep_checkpoints = 1
+    config.steps_per_call = 1
+    config.unroll = True
+    config.eval_batch_size = 360
+
+    config.dataset = ml_collections.ConfigDict()
+    config.dataset.name = "digits"
+    config.dataset.data_dir = ml_collections.config_dict.placeholder(str)
+    config.dataset.download = False
+    config.dataset.image_size = 32
+    config.dataset.mean = (DIGITS_MEAN,)
+    config.dataset.std = (DIGITS_STD,)
+
+    config.augment = ml_collections.ConfigDict()
+    config.augment.crop_padding = 2  # a shift of up to 2 pixels; never a flip for digits
+    config.augment.flip = False
+
+    config.model = ml_collections.ConfigDict(model)
+
+    config.optim = ml_collections.ConfigDict()
+    config.optim.name = "sgd"
+    config.optim.lr = 0.05
+    config.optim.momentum = 0.9
+    config.optim.weight_decay = 5e-4
+    config.optim.schedule = "cosine"
+    config.optim.warmup_steps = 50
+    for key, value in knobs.items():
+        node, _, field = key.rpartition(".")
+        (config[node] if node else config)[field] = value
+    return config
