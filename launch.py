@@ -13,7 +13,8 @@ from ml_collections import config_flags
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CONFIG = os.path.join(HERE, "experiments", "mnist1d.py") + ":cnn"
 MODES = ("train", "eval", "summary", "show")
-
+# What ml_collections raises for an override of a field the config does not have.
+OVERRIDE_ERRORS = (KeyError, AttributeError, ValueError, TypeError)
 
 
 def _fail(message: str, code: int = 2):
@@ -33,7 +34,7 @@ try:  # config_flags parses --config.* overrides while the flag is defined
     config_flags.DEFINE_config_file(
         "config", DEFAULT_CONFIG, "Experiment config file, `path.py` or `path.py:arg`.",
         lock_config=True)
-except (KeyError, AttributeError, ValueError, TypeError) as e:
+except OVERRIDE_ERRORS as e:
     _fail(f"unknown config field {_reason(e)!r} in a --config.* override; "
           f"list the fields with --mode=show")
 flags.DEFINE_string("workdir", None, "Where checkpoints and logs go (default: runs/<config name>).")
@@ -53,6 +54,9 @@ def _parse(argv):
     except flags.Error as e:
         first, reason = str(e).splitlines()[0].rstrip(":"), _reason(e)
         _fail(first if reason in first else f"{first}: {reason}")
+    except OVERRIDE_ERRORS as e:
+        _fail(f"unknown config field {_reason(e)!r} in a --config.* override; "
+              f"list the fields with --mode=show")
     return argv
 
 

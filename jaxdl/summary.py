@@ -6,10 +6,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+
+def count_params(variables_or_params: Any) -> int:
+    """Number of trainable scalars in `variables` (its `params` collection) or in a params tree.
+
+    Works on arrays and on the `jax.ShapeDtypeStruct`s of `jax.eval_shape(model.init, ...)`,
+    so a model's size can be counted without allocating it. BatchNorm running statistics
+    (`batch_stats`) are not parameters and are not counted.
+    """
+    tree = variables_or_params
+    if hasattr(tree, "keys") and "params" in tree:
+        tree = tree["params"]
+    return int(sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(tree)))
 
 
 def layer_table(model: nn.Module, input_shape: tuple[int, ...]) -> list[dict]:
@@ -51,7 +65,7 @@ def layer_table(model: nn.Module, input_shape: tuple[int, ...]) -> list[dict]:
         shape = tuple(leaves[0].shape[1:]) if leaves else ()
         rows.append({"name": "/".join(path), "type": kind, "shape": shape,
                      "nodes": math.prod(shape) if shape else 0, "params": own_params(path)})
-    total = sum(math.prod(v.shape) for v in jax.tree.leaves(params))
+    total = count_params(params)
     rows.append({"name": "total", "type": "", "shape": (), "nodes": 0, "params": total})
     return rows
 

@@ -28,11 +28,10 @@ import numpy as np
 import optax
 
 from jaxdl import data as data_lib
-from jaxdl.data import augment as augment_lib
-from jaxdl import losses
-from jaxdl import models
+from jaxdl import losses, models
 from jaxdl import optim as optim_lib
 from jaxdl.checkpoint import Checkpoints
+from jaxdl.data import augment as augment_lib
 from jaxdl.errors import UserError, unknown_name
 
 # Streams derived from a replica's key with fold_in: never reuse one for two purposes.
@@ -154,7 +153,8 @@ def train_steps(state: TrainState, x: jax.Array, y: jax.Array, *, batch_size: in
             xb = augment_lib.augment(key, xb, crop_padding, flip)
         return train_step(s, {"x": xb, "y": y[idx]})
 
-    return jax.lax.scan(body, state, None, length=num, unroll=num if unroll else 1)
+    # unroll=0 unrolls fully; unroll=num would leave a one-trip while loop when num == 1.
+    return jax.lax.scan(body, state, None, length=num, unroll=0 if unroll else 1)
 
 
 def eval_step(state: TrainState, x: jax.Array, y: jax.Array,
@@ -350,7 +350,8 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str,
     ckpts = Checkpoints(workdir) if os.path.isdir(os.path.join(workdir, "checkpoints")) else None
     step = ckpts.latest_step() if ckpts else None
     if step is None:
-        raise UserError(f"no checkpoint in {workdir}; train first (--mode=train) or pass the run's --workdir")
+        raise UserError(f"no checkpoint in {workdir}; train first (--mode=train) "
+                        f"or pass the run's --workdir")
     config_path = os.path.join(workdir, "config.json")
     if os.path.exists(config_path):
         with open(config_path) as f:
@@ -360,7 +361,8 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str,
     ckpts.close()
     eval_fn = jax.jit(jax.vmap(eval_step, in_axes=(0, None, None, None)))
     result = {"step": step}
-    for name, values in evaluate(eval_fn, state, eval_batches(test_ds, config.get("eval_batch_size", 1000))).items():
+    batches = eval_batches(test_ds, config.get("eval_batch_size", 1000))
+    for name, values in evaluate(eval_fn, state, batches).items():
         result.update(summarise(name, values))
     with open(os.path.join(workdir, "eval.json"), "w") as f:
         json.dump(result, f, indent=2)
@@ -469,7 +471,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         stacked = jax.device_get(jax.tree.map(lambda *a: jnp.concatenate(a, axis=1), *pending))
         pending.clear()
         if not (np.all(np.isfinite(stacked["loss"])) and np.all(np.isfinite(stacked["grad_norm"]))):
-            kept = f"the last good checkpoint is {ckpts.path(last_saved)}" if last_saved else "no checkpoint was written"
+            kept = (f"the last good checkpoint is {ckpts.path(last_saved)}" if last_saved
+                    else "no checkpoint was written")
             raise TrainingDiverged(f"non-finite loss or gradient at or before step {step}; {kept}")
         return {"train_loss": stacked["loss"].mean(1), "train_accuracy": stacked["accuracy"].mean(1)}
 

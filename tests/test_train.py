@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from experiments import mnist1d
-from experiments import mnist1d_table
+from experiments import mnist1d, mnist1d_table
 from jaxdl import data, train
 from jaxdl.errors import UserError
 
@@ -225,6 +224,7 @@ def launch(*args, workdir=None, timeout=120):
     (["--config.optim.lr=abc"], "optim.lr"),
     (["--config.dataset.name=cifar10"], "'cifar10' is not prepared"),
     (["--config.no_such_field=1"], "no_such_field"),
+    (["--config=experiments/mnist1d.py:mlp", "--config.model.no_such_field=1"], "no_such_field"),
 ])
 def test_launcher_bad_input_is_one_line_and_leaves_workdir_alone(tmp_path, args, match):
     workdir = tmp_path / "w"
@@ -279,4 +279,5 @@ def test_sigkill_and_rerun_resumes_to_the_same_result(tmp_path):
     for x, y in zip(_params(tmp_path / "ref", 400), _params(workdir, 400)):
         np.testing.assert_array_equal(x, y)
     steps = [json.loads(line)["step"] for line in open(workdir / "metrics.jsonl")]
-    assert steps == sorted(set(steps)) == [json.loads(line)["step"] for line in open(tmp_path / "ref" / "metrics.jsonl")]
+    ref_steps = [json.loads(line)["step"] for line in open(tmp_path / "ref" / "metrics.jsonl")]
+    assert steps == sorted(set(steps)) == ref_steps

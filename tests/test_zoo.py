@@ -8,11 +8,11 @@ import numpy as np
 import optax
 import pytest
 
+from jaxdl.models import count_params
 from jaxdl.models.alexnet import AlexNet, _AlexNetTiny
 from jaxdl.models.googlenet import GoogLeNet, _GoogLeNetTiny, aux_weighted_loss
-from jaxdl.models.lenet import LeNet5, count_params
-from jaxdl.models.resnet import (ResNet18, ResNet34, ResNet50, ResNet101, ResNet152,
-                                 _ResNetTiny)
+from jaxdl.models.lenet import LeNet5
+from jaxdl.models.resnet import ResNet18, ResNet34, ResNet50, ResNet101, ResNet152, _ResNetTiny
 from jaxdl.models.vgg import VGG11, VGG13, VGG16, VGG19, _VGGTiny
 from jaxdl.nn.norm import LocalResponseNorm, local_response_norm
 

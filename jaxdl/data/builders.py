@@ -14,9 +14,8 @@ DIGITS_SPLIT_SEED = 0
 
 def digits_split() -> dict[str, np.ndarray]:
     """Returns the indices into `sklearn.datasets.load_digits()` of each split."""
-    from sklearn.model_selection import train_test_split
-
     from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
 
     labels = load_digits().target
     train, test = train_test_split(
@@ -112,6 +111,7 @@ class Mnist1d(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, xs, ys):
         for i, (x, y) in enumerate(zip(xs, ys)):
             yield i, {"x": x.astype(np.float32), "label": int(y)}
+
 
 
 OFFLINE_BUILDERS = {"digits": Digits, "mnist1d": Mnist1d}

@@ -1,6 +1,7 @@
 """GoogLeNet / Inception-v1 (Szegedy et al., 2015) with the paper's auxiliary classifiers."""
+from collections.abc import Sequence
 from functools import partial
-from typing import Any, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp

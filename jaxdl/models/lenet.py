@@ -2,22 +2,7 @@
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
-import numpy as np
-
-
-def count_params(variables_or_params: Any) -> int:
-    """Number of trainable scalars in `variables` (its `params` collection) or in a params tree.
-
-    Works on arrays and on the `jax.ShapeDtypeStruct`s of `jax.eval_shape(model.init, ...)`,
-    so a model's size can be counted without allocating it. BatchNorm running statistics
-    (`batch_stats`) are not parameters and are not counted.
-    """
-    tree = variables_or_params
-    if hasattr(tree, "keys") and "params" in tree:
-        tree = tree["params"]
-    return int(sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(tree)))
 
 
 def _side(h: int, small_input: bool) -> int:

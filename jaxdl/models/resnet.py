@@ -1,6 +1,7 @@
 """ResNet-18/34/50/101/152 (He et al., 2016) with torchvision's layer and stride layout."""
+from collections.abc import Sequence
 from functools import partial
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax.numpy as jnp

@@ -1,6 +1,7 @@
 """VGG-11/13/16/19 (Simonyan and Zisserman, 2015): configurations A, B, D and E."""
+from collections.abc import Sequence
 from functools import partial
-from typing import Any, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp

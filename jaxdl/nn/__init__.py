@@ -1,4 +1,5 @@
 """Functional building blocks: activations, convolution and pooling, as functions and modules."""
+from jaxdl.nn import conv
 from jaxdl.nn.activations import (
     PReLU,
     elu,
@@ -21,8 +22,10 @@ from jaxdl.nn.activations import (
     tanh,
     tanh_grad,
 )
-from jaxdl.nn import conv
 from jaxdl.nn.conv import Conv, Conv1D, Conv2D, conv1d, conv2d
+
+# Normalisation layers (jaxdl.nn.norm).
+from jaxdl.nn.norm import LocalResponseNorm, local_response_norm
 from jaxdl.nn.pool import (
     AvgPool,
     GlobalAvgPool,
@@ -33,7 +36,3 @@ from jaxdl.nn.pool import (
     max_pool,
     weighted_avg_pool,
 )
-
-
-# Normalisation layers (jaxdl.nn.norm).
-from jaxdl.nn.norm import LocalResponseNorm, local_response_norm

@@ -1,7 +1,7 @@
 """Activation functions τ and their derivatives τ', from the step function to ReLU variants."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax

@@ -46,7 +46,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        print_fn: Callable[[str], None] = print) -> dict[str, Any]:
     """Runs every row's experiment, then writes and prints the table."""
     rows = sorted(config.rows.items(), key=lambda item: item[1].get("index", 0))
-    for name, row in rows:  # every row is checked before any trains
+    for _, row in rows:  # every row is checked before any trains
         task = tasks.get(row.config.get("task", "classification"))
         if hasattr(task, "check_config"):
             task.check_config(row.config)
