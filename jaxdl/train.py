@@ -457,7 +457,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     # ---------------------------------------------------------------- loop
     print_fn(f"training {config.model.name} on {ds_cfg.name}: {num_steps} steps, "
              f"batch {config.batch_size}, {config.num_seeds} seed(s), workdir {workdir}")
-    pending: list[dict] = []
+    pending: list[dict] = []  # per-call metrics still on the device
+    fetched: list[dict] = []  # on the host, not yet logged
     step = int(start)
     last_saved = start if start else None
     last_eval = None
@@ -466,15 +467,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     def crossed(prev, now, every):
         return now // every > prev // every
 
-    def flush_train_metrics() -> dict[str, np.ndarray]:
-        # Each entry is (K, steps); concatenate along steps, average to one value per replica.
-        stacked = jax.device_get(jax.tree.map(lambda *a: jnp.concatenate(a, axis=1), *pending))
+    def fetch() -> None:
+        """Brings the pending metrics to the host; stops on a non-finite loss or gradient."""
+        if not pending:
+            return
+        # Each entry is (K, steps); concatenate along steps.
+        metrics = jax.device_get(jax.tree.map(lambda *a: jnp.concatenate(a, axis=1), *pending))
         pending.clear()
-        if not (np.all(np.isfinite(stacked["loss"])) and np.all(np.isfinite(stacked["grad_norm"]))):
+        if not (np.all(np.isfinite(metrics["loss"])) and np.all(np.isfinite(metrics["grad_norm"]))):
             kept = (f"the last good checkpoint is {ckpts.path(last_saved)}" if last_saved
                     else "no checkpoint was written")
             raise TrainingDiverged(f"non-finite loss or gradient at or before step {step}; {kept}")
-        return {"train_loss": stacked["loss"].mean(1), "train_accuracy": stacked["accuracy"].mean(1)}
+        fetched.append(metrics)
 
     while step < num_steps:
         num = chunk if num_steps - step >= chunk else 1
@@ -484,9 +488,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         done = step >= num_steps
         record = {}
         if crossed(prev, step, config.log_every) or done:
-            train = flush_train_metrics()
-            for name, values in train.items():
-                record.update(summarise(name, values))
+            fetch()
+            window = {k: np.concatenate([m[k] for m in fetched], axis=1) for k in ("loss", "accuracy")}
+            fetched.clear()
+            record.update(summarise("train_loss", window["loss"].mean(1)))
+            record.update(summarise("train_accuracy", window["accuracy"].mean(1)))
             record["lr"] = float(schedule(step - 1))
             now = time.time()
             rate = (step - s_log) / max(now - t_log, 1e-9)
@@ -500,13 +506,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 record.update(summarise(name, values))
             print_fn(f"step {step}/{num_steps}  test loss {record['test_loss']:.4f}  "
                      f"test accuracy {record['test_accuracy']:.4f}")
-        if crossed(prev, step, config.checkpoint_every) or done:
-            if pending:
-                flush_train_metrics()  # never checkpoint a diverged state
-            ckpts.save(step, state)
-            last_saved = step
+        # The log line goes first: a run killed before its checkpoint completes resumes
+        # from the previous checkpoint and drops the lines after it, so none is lost.
         if record:
             log.append({"step": step, **record})
+        if crossed(prev, step, config.checkpoint_every) or done:
+            fetch()  # never checkpoint a diverged state
+            ckpts.save(step, state)
+            last_saved = step
     ckpts.close()
 
     # ---------------------------------------------------------------- results

@@ -251,8 +251,8 @@ def _params(workdir, step):
 
 def test_sigkill_and_rerun_resumes_to_the_same_result(tmp_path):
     args = ["--config=experiments/mnist1d.py:mlp", "--config.dataset.name=digits",
-            "--config.num_steps=400", "--config.checkpoint_every=40", "--config.log_every=20",
-            "--config.eval_every=200", "--config.steps_per_call=1", "--config.batch_size=32"]
+            "--config.num_steps=2000", "--config.checkpoint_every=100", "--config.log_every=20",
+            "--config.eval_every=1000", "--config.steps_per_call=1", "--config.batch_size=32"]
     ref = launch(*args, workdir=tmp_path / "ref")
     assert ref.returncode == 0, ref.stderr
     workdir = tmp_path / "killed"
@@ -263,20 +263,20 @@ def test_sigkill_and_rerun_resumes_to_the_same_result(tmp_path):
     ckpt_dir = workdir / "checkpoints"
     while time.time() < deadline:
         done = [d for d in os.listdir(ckpt_dir) if d.isdigit()] if ckpt_dir.exists() else []
-        if done and max(map(int, done)) >= 120:
+        if done and max(map(int, done)) >= 200:
             break
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = max(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
-    assert killed_at < 400, "the run finished before it could be killed"
+    assert killed_at < 2000, "the run finished before it could be killed"
     rerun = launch(*args, workdir=workdir)
     assert rerun.returncode == 0, rerun.stderr
     assert "resumed from" in rerun.stdout
     a = json.load(open(tmp_path / "ref" / "results.json"))
     b = json.load(open(workdir / "results.json"))
     assert a["test_accuracy"] == b["test_accuracy"] and a["test_loss"] == b["test_loss"]
-    for x, y in zip(_params(tmp_path / "ref", 400), _params(workdir, 400)):
+    for x, y in zip(_params(tmp_path / "ref", 2000), _params(workdir, 2000)):
         np.testing.assert_array_equal(x, y)
     steps = [json.loads(line)["step"] for line in open(workdir / "metrics.jsonl")]
     ref_steps = [json.loads(line)["step"] for line in open(tmp_path / "ref" / "metrics.jsonl")]
