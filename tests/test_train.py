@@ -281,3 +281,17 @@ def test_sigkill_and_rerun_resumes_to_the_same_result(tmp_path):
     steps = [json.loads(line)["step"] for line in open(workdir / "metrics.jsonl")]
     ref_steps = [json.loads(line)["step"] for line in open(tmp_path / "ref" / "metrics.jsonl")]
     assert steps == sorted(set(steps)) == ref_steps
+
+
+def test_divergence_stops_the_run_naming_the_step_and_keeping_the_checkpoint(tmp_path):
+    config = tiny_config(steps=60)
+    config.log_every = config.checkpoint_every = 20
+    config.optim.name = "sgd"
+    config.optim.lr = 1e-3
+    config.optim.schedule = "step"  # the learning rate jumps to 1e32 at step 30
+    config.optim.step_boundaries = (0.5,)
+    config.optim.step_factor = 1e35
+    with pytest.raises(train.TrainingDiverged, match=r"non-finite .* step 40; the last good checkpoint is .*/20"):
+        train.train_and_evaluate(config, str(tmp_path), print_fn=lambda s: None)
+    assert sorted(d for d in os.listdir(tmp_path / "checkpoints") if d.isdigit()) == ["20"]
+    assert all(np.all(np.isfinite(p)) for p in _params(tmp_path, 20))
