@@ -1,0 +1,66 @@
+"""U-Net segmenting handwritten digits in `digit_scenes` into 11 classes (CPU).
+
+  python launch.py --config=experiments/segment_digit_scenes.py --workdir=runs/segment_digits
+
+Expected, measured on the shared 2-core CPU machine: 700 steps in 10 min 11 s wall
+(522 s of training): mIoU 0.685, background IoU 0.995, pixel accuracy 0.977.
+Resumed with `--config.num_steps=1400` (12 min 33 s more): mIoU 0.799, background
+IoU 0.995, pixel accuracy 0.986; digits 3, 8 and 9 are the weakest (0.62, 0.67, 0.55).
+"""
+import ml_collections
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    del arg
+    config = ml_collections.ConfigDict()
+    config.task = "segmentation"
+    config.seed = 0
+    config.batch_size = 32
+    config.num_steps = 700
+    config.num_epochs = ml_collections.config_dict.placeholder(int)  # wins over num_steps when set
+    config.log_every = 50
+    config.eval_every = 350
+    config.checkpoint_every = 350
+    config.keep_checkpoints = 1
+    config.steps_per_call = 1
+    config.unroll = True
+    config.eval_batch_size = 100
+    config.num_pictures = 8
+
+    config.dataset = ml_collections.ConfigDict()
+    config.dataset.name = "digit_scenes"
+    config.dataset.data_dir = ml_collections.config_dict.placeholder(str)
+    config.dataset.download = False
+    config.dataset.train_split = "train"
+    config.dataset.test_split = "test"
+    config.dataset.image_size = ml_collections.config_dict.placeholder(int)
+    config.dataset.mean = ml_collections.config_dict.placeholder(tuple)
+    config.dataset.std = ml_collections.config_dict.placeholder(tuple)
+    config.dataset.class_names = ml_collections.config_dict.placeholder(tuple)  # background, 0…9
+    config.dataset.label_map = ml_collections.config_dict.placeholder(tuple)
+
+    config.augment = ml_collections.ConfigDict()
+    config.augment.padding = 4
+    config.augment.flip = False  # a mirrored digit is not a digit
+    config.augment.mask_fill = 0  # the canvas is black: padding is background
+
+    config.loss = ml_collections.ConfigDict()
+    config.loss.ignore_label = 255
+    # Digits cover about 8 % of the pixels; down-weighting the background speeds up
+    # learning which digit a stroke belongs to.
+    config.loss.class_weights = (0.25,) + (1.0,) * 10
+
+    config.model = ml_collections.ConfigDict()
+    config.model.name = "UNet"
+    config.model.features = (8, 16, 32, 64, 128)
+    config.model.upsample = "learned"
+    config.model.backbone = ml_collections.config_dict.placeholder(dict)
+
+    config.optim = ml_collections.ConfigDict()
+    config.optim.name = "adam"
+    config.optim.lr = 3e-3
+    config.optim.momentum = 0.0
+    config.optim.weight_decay = 0.0
+    config.optim.schedule = "cosine"
+    config.optim.warmup_steps = 20
+    return config

@@ -1,0 +1,471 @@
+"""Semantic segmentation: an FCN or U-Net trained per pixel, scored by mIoU over the test split.
+
+Config (see `experiments/segment_digit_scenes.py`): `dataset.{name, image_size, mean,
+std, class_names, label_map}`, `model.{name (FCN32s, FCN16s, FCN8s, UNet), upsample,
+…its fields}`, `model.backbone` (a zoo model's name and fields, or None for U-Net's
+own encoder), `loss.{ignore_label, class_weights}`, `augment.{padding, flip,
+mask_fill}`, `num_pictures`, and the usual `seed`, `batch_size`,
+`num_steps`/`num_epochs`, `log_every`, `eval_every`, `checkpoint_every`, `optim`.
+
+The workdir gets `metrics.jsonl`, `checkpoints/`, `config.json`, `results.json`
+({miou, pixel_accuracy, per_class_iou (class name → IoU, null for a class absent
+from both prediction and truth), test_loss, step, train_time_s}) and `pictures/`
+(each test image, its ground truth and the prediction overlaid, side by side). As in
+`jaxdl.train`, the train set lives on the device, batches are gathered inside jit
+from the (seed, step) permutation, and a rerun resumes from the latest checkpoint.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from jaxdl import data as data_lib
+from jaxdl import models
+from jaxdl import optim as optim_lib
+from jaxdl.checkpoint import Checkpoints
+from jaxdl.errors import UserError, unknown_name
+from jaxdl.segmentation import augment as augment_lib
+from jaxdl.segmentation import data as seg_data
+from jaxdl.segmentation import losses as losses_lib
+from jaxdl.segmentation import metrics as metrics_lib
+from jaxdl.segmentation import models as seg_models
+from jaxdl.train import MetricsLog, TrainingDiverged, TrainState, _check_resumable, create_state, num_train_steps
+
+# The key streams of `jaxdl.train` (fold_in of the replica key).
+_DATA, _DROPOUT, _AUGMENT = 1, 2, 3
+
+
+# ----------------------------------------------------------------------------------
+# Config → objects.
+
+def make_model(config: ml_collections.ConfigDict, num_classes: int):
+    """The segmenter of `config.model` (over its zoo backbone, if any), for K = `num_classes`."""
+    fields = config.model.to_dict()
+    name = fields.pop("name")
+    if name not in seg_models.SEGMENTERS:
+        raise unknown_name("segmenter", name, seg_models.SEGMENTERS, "model.name")
+    spec = fields.pop("backbone", None)
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+    if spec:
+        spec = dict(spec)
+        bname = spec.pop("name")
+        if bname not in models.__all__:
+            raise unknown_name("backbone", bname, models.__all__, "model.backbone.name")
+        spec = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()}
+        cls = getattr(models, bname)
+        # Only the feature maps are used: a 1-class classifier (and 1-wide VGG fc6/fc7)
+        # keeps the unused parameters negligible.
+        try:
+            try:
+                fields["backbone"] = cls(num_classes=1, hidden=1, **spec)
+            except TypeError:
+                fields["backbone"] = cls(num_classes=1, **spec)
+        except TypeError as e:
+            raise UserError(f"backbone {bname!r} does not take these model.backbone fields: {e}") from e
+    elif name != "UNet":
+        raise UserError(f"{name} needs a VGG backbone; set model.backbone.name, e.g. 'VGG16'")
+    if fields.get("upsample", "bilinear") not in seg_models.UPSAMPLING:
+        raise UserError(f"model.upsample must be one of {', '.join(seg_models.UPSAMPLING)}, "
+                        f"got {fields['upsample']!r}")
+    try:
+        return seg_models.SEGMENTERS[name](num_classes=num_classes, **fields)
+    except TypeError as e:
+        raise UserError(f"segmenter {name!r} does not take these model fields: {e}") from e
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Raises UserError for config values that cannot work, before any data is read."""
+    for field in ("batch_size", "log_every", "eval_every", "checkpoint_every"):
+        value = config.get(field)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise UserError(f"{field} must be an integer >= 1, got {value!r}")
+    if not config.get("num_epochs") and (not isinstance(config.get("num_steps"), int) or config.num_steps < 1):
+        raise UserError(f"num_steps must be an integer >= 1 (or set num_epochs), got {config.get('num_steps')!r}")
+    if config.get("num_seeds", 1) != 1:
+        raise UserError("the segmentation task trains one seed; set num_seeds=1 and vary seed instead")
+    optim_lib.check(config.optim)
+
+
+# ----------------------------------------------------------------------------------
+# Steps.
+
+def _inputs(images: jax.Array, mean, std) -> jax.Array:
+    """uint8 images (B, H, W, C) → normalised float32 model inputs."""
+    x = images.astype(jnp.float32) / 255.0
+    c = x.shape[-1]
+    mean = jnp.broadcast_to(jnp.asarray(mean, jnp.float32), (c,)).reshape(1, 1, 1, c)
+    std = jnp.broadcast_to(jnp.asarray(std, jnp.float32), (c,)).reshape(1, 1, 1, c)
+    return (x - mean) / std
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], *, ignore_label: int,
+               class_weights=None, mean=0.0, std=1.0) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimiser step on the per-pixel cross-entropy.
+
+    Args:
+      state: the replica's state.
+      batch: {images (B, H, W, C) uint8, masks (B, H, W) integer}.
+
+    Returns:
+      The new state and {loss, accuracy (of the counted pixels), grad_norm}.
+    """
+    x = _inputs(batch["images"], mean, std)
+    y = batch["masks"].astype(jnp.int32)
+    dropout_key = jax.random.fold_in(jax.random.fold_in(state.key, _DROPOUT), state.step)
+
+    def loss_fn(params):
+        variables = {**state.variables(), "params": params}
+        mutable = ["batch_stats"] if state.batch_stats else False
+        out = state.apply_fn(variables, x, train=True, rngs={"dropout": dropout_key}, mutable=mutable)
+        logits, updates = out if mutable else (out, {})
+        loss = losses_lib.pixel_cross_entropy(logits, y, ignore_label, class_weights)
+        return loss, (logits, updates)
+
+    (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    opt_updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    new_state = state.replace(
+        step=state.step + 1, params=optax.apply_updates(state.params, opt_updates),
+        opt_state=opt_state, batch_stats=updates.get("batch_stats", state.batch_stats))
+    valid = y != ignore_label
+    accuracy = jnp.sum((jnp.argmax(logits, -1) == y) & valid) / jnp.maximum(jnp.sum(valid), 1)
+    return new_state, {"loss": loss, "accuracy": accuracy, "grad_norm": optax.tree.norm(grads)}
+
+
+def train_steps(state: TrainState, data: dict[str, jax.Array], *, batch_size: int, num: int,
+                unroll: bool, padding: int = 0, flip: bool = False, mask_fill: int = 0,
+                **step_kwargs):
+    """`num` train steps on the device-resident train set, batches gathered inside jit.
+
+    Step s trains on `jaxdl.data.batch_indices(fold_in(key, 1), s, N, B)`, the data
+    order of `jaxdl.train.train_steps`, its images and masks cropped and flipped
+    together. Returns the new state and per-step metrics (num,).
+    """
+    n = data["images"].shape[0]
+    steps_per_epoch = n // batch_size
+    span = (steps_per_epoch + num - 2) // steps_per_epoch + 1  # epochs one call can touch
+    first_epoch = state.step // steps_per_epoch
+    perms = data_lib.epoch_permutations(jax.random.fold_in(state.key, _DATA),
+                                        first_epoch + jnp.arange(span), n)
+
+    def body(s, _):
+        epoch, i = jnp.divmod(s.step, steps_per_epoch)
+        idx = jax.lax.dynamic_slice_in_dim(perms[epoch - first_epoch], i * batch_size, batch_size)
+        batch = {k: v[idx] for k, v in data.items()}
+        if padding or flip:
+            key = jax.random.fold_in(jax.random.fold_in(s.key, _AUGMENT), s.step)
+            batch["images"], batch["masks"] = augment_lib.joint_crop_flip(
+                key, batch["images"], batch["masks"], padding=padding, flip=flip, mask_fill=mask_fill)
+        return train_step(s, batch, **step_kwargs)
+
+    return jax.lax.scan(body, state, None, length=num, unroll=0 if unroll else 1)
+
+
+def eval_step(state: TrainState, images: jax.Array, masks: jax.Array, *, num_classes: int,
+              ignore_label: int, mean=0.0, std=1.0) -> dict[str, jax.Array]:
+    """Sums over a batch: {confusion (K, K), loss_sum, pixels}, and the predictions (B, H, W)."""
+    logits = state.apply_fn(state.variables(), _inputs(images, mean, std), train=False)
+    y = masks.astype(jnp.int32)
+    pred = jnp.argmax(logits, -1).astype(jnp.int32)
+    valid = (y != ignore_label) & (y < num_classes)
+    pixels = jnp.sum(valid)
+    loss_sum = losses_lib.pixel_cross_entropy(logits, y, ignore_label) * pixels
+    return {"confusion": metrics_lib.confusion_matrix(y, pred, num_classes, ignore_label),
+            "loss_sum": loss_sum, "pixels": pixels, "predictions": pred}
+
+
+def evaluate(eval_fn, state: TrainState, ds: seg_data.SegmentationDataset, batch_size: int,
+             ignore_label: int, keep: int = 0) -> tuple[dict[str, Any], np.ndarray]:
+    """Scores `ds` in fixed-size batches (the last padded with ignored pixels).
+
+    Returns the metrics of the summed confusion matrix plus `test_loss`, and the
+    predictions (keep, H, W) of the first `keep` images.
+    """
+    n = len(ds)
+    batch_size = min(batch_size, n)
+    k = ds.num_classes
+    confusion = np.zeros((k, k), np.int64)
+    loss_sum, pixels, kept = 0.0, 0, []
+    for i in range(0, n, batch_size):
+        xb, yb = ds.images[i:i + batch_size], ds.masks[i:i + batch_size]
+        pad = batch_size - len(xb)
+        if pad:
+            xb = np.concatenate([xb, np.zeros((pad, *xb.shape[1:]), xb.dtype)])
+            yb = np.concatenate([yb, np.full((pad, *yb.shape[1:]), ignore_label, yb.dtype)])
+        out = jax.device_get(eval_fn(state, xb, yb))
+        confusion += out["confusion"]
+        loss_sum += float(out["loss_sum"])
+        pixels += int(out["pixels"])
+        if sum(len(p) for p in kept) < keep:
+            kept.append(out["predictions"][:batch_size - pad])
+    result = metrics_lib.segmentation_metrics(confusion)
+    result["test_loss"] = loss_sum / max(pixels, 1)
+    predictions = np.concatenate(kept)[:keep] if kept else np.zeros((0, *ds.masks.shape[1:]), np.int32)
+    return result, predictions
+
+
+def _record(metrics: dict[str, Any], class_names) -> dict[str, Any]:
+    """JSON-ready metrics: per-class IoU by class name, null for absent classes."""
+    per_class = {name: (None if np.isnan(v) else float(v))
+                 for name, v in zip(class_names, metrics["per_class_iou"])}
+    return {"miou": metrics["miou"], "pixel_accuracy": metrics["pixel_accuracy"],
+            "per_class_iou": per_class, "test_loss": metrics["test_loss"]}
+
+
+# ----------------------------------------------------------------------------------
+# Pictures.
+
+_PALETTE = np.array([(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+                     (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
+                     (0, 128, 128), (220, 190, 255), (170, 110, 40), (128, 0, 0), (170, 255, 195),
+                     (128, 128, 0), (255, 215, 180), (0, 0, 128), (128, 128, 128), (255, 255, 255)],
+                    np.float32)
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.6) -> np.ndarray:
+    """uint8 (H, W, 3): `image` (H, W, C) uint8 with classes ≥ 1 of `mask` (H, W) tinted.
+
+    Class 0 (background) and labels past the palette's classes (ignore) stay untinted.
+    """
+    rgb = image.astype(np.float32)
+    rgb = np.repeat(rgb, 3, -1) if rgb.shape[-1] == 1 else rgb[..., :3]
+    m = mask.astype(np.int64)
+    tint = (m > 0) & (m < 255)
+    colour = _PALETTE[(m - 1) % len(_PALETTE)]
+    out = np.where(tint[..., None], (1 - alpha) * rgb + alpha * colour, rgb)
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def write_pictures(directory: str, ds: seg_data.SegmentationDataset, predictions: np.ndarray,
+                   min_side: int = 192) -> list[str]:
+    """PNGs of test image | ground truth overlaid | prediction overlaid, one per prediction."""
+    from PIL import Image
+
+    os.makedirs(directory, exist_ok=True)
+    paths = []
+    for i, pred in enumerate(predictions):
+        image = ds.images[i]
+        rgb = np.repeat(image, 3, -1) if image.shape[-1] == 1 else image[..., :3]
+        row = np.concatenate([rgb, overlay(image, ds.masks[i]), overlay(image, pred)], axis=1)
+        h, w = row.shape[:2]
+        zoom = max(1, -(-min_side // h))
+        path = os.path.join(directory, f"test_{i:03d}.png")
+        Image.fromarray(row).resize((w * zoom, h * zoom), Image.NEAREST).save(path)
+        paths.append(path)
+    return paths
+
+
+# ----------------------------------------------------------------------------------
+# Runs.
+
+def _load(config: ml_collections.ConfigDict, split: str) -> seg_data.SegmentationDataset:
+    ds = config.dataset
+    names = ds.get("class_names")
+    label_map = ds.get("label_map")
+    return seg_data.load_segmentation(
+        ds.name, split, directory=ds.get("data_dir"), download=ds.get("download", False),
+        image_size=ds.get("image_size"), label_map=None if label_map is None else tuple(label_map),
+        class_names=None if names is None else tuple(names),
+        ignore_label=config.loss.get("ignore_label", losses_lib.IGNORE_LABEL))
+
+
+def _stat(config, name, default):
+    value = config.dataset.get(name)
+    return default if value is None else tuple(value)
+
+
+def _setup(config: ml_collections.ConfigDict, train: bool = True):
+    """Data, model, step count and a fresh state for `config`."""
+    check_config(config)
+    ds_cfg = config.dataset
+    test_ds = _load(config, ds_cfg.get("test_split", "test"))
+    train_ds = _load(config, ds_cfg.get("train_split", "train")) if train else None
+    num_examples = len(train_ds) if train else 1
+    if train and config.batch_size > num_examples:
+        raise UserError(f"batch_size {config.batch_size} is larger than the {num_examples} training "
+                        f"images of {ds_cfg.name!r}; lower --config.batch_size")
+    weights = config.loss.get("class_weights")
+    if weights is not None and len(weights) != test_ds.num_classes:
+        raise UserError(f"loss.class_weights has {len(weights)} values for {test_ds.num_classes} classes")
+    num_steps = num_train_steps(config, num_examples) if train else 0
+    model = make_model(config, test_ds.num_classes)
+    tx = optim_lib.make_optimizer(config.optim, max(num_steps, 1))
+    sample = jnp.zeros((1, *test_ds.images.shape[1:]), jnp.float32)
+    try:
+        state = jax.jit(lambda k: create_state(k, model, tx, sample))(jax.random.PRNGKey(config.seed))
+    except ValueError as e:
+        raise UserError(f"segmenter {config.model.name!r} cannot take inputs of shape "
+                        f"{test_ds.images.shape[1:]}: {e}") from e
+    return train_ds, test_ds, num_steps, state
+
+
+def _eval_fn(config: ml_collections.ConfigDict, num_classes: int):
+    return jax.jit(functools.partial(eval_step, num_classes=num_classes,
+                                     ignore_label=config.loss.get("ignore_label", losses_lib.IGNORE_LABEL),
+                                     mean=_stat(config, "mean", 0.0), std=_stat(config, "std", 1.0)))
+
+
+def _finish(config, workdir, state, step, test_ds, eval_fn, print_fn, extra=None) -> dict[str, Any]:
+    """Scores the test split, writes the pictures and returns the result record."""
+    metrics, predictions = evaluate(eval_fn, state, test_ds, config.get("eval_batch_size", 100),
+                                    config.loss.get("ignore_label", losses_lib.IGNORE_LABEL),
+                                    keep=config.get("num_pictures", 8))
+    result = {"step": step, **_record(metrics, test_ds.class_names), **(extra or {})}
+    pictures = write_pictures(os.path.join(workdir, "pictures"), test_ds, predictions)
+    print_fn(f"step {step}: mIoU {result['miou']:.4f}  pixel accuracy {result['pixel_accuracy']:.4f}; "
+             f"{len(pictures)} pictures in {os.path.join(workdir, 'pictures')}")
+    return result
+
+
+def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str,
+                     print_fn: Callable[[str], None] = print) -> dict[str, Any]:
+    """Scores the latest checkpoint in `workdir` on the test split; writes `eval.json` and pictures."""
+    workdir = os.path.abspath(workdir)
+    step = None
+    if os.path.isdir(os.path.join(workdir, "checkpoints")):
+        ckpts = Checkpoints(workdir)
+        step = ckpts.latest_step()
+    if step is None:
+        raise UserError(f"no checkpoint in {workdir}; train first (--mode=train) or pass the run's --workdir")
+    config_path = os.path.join(workdir, "config.json")
+    if os.path.exists(config_path):
+        with open(config_path) as f:
+            _check_resumable(json.load(f), config, workdir)
+    _, test_ds, _, state = _setup(config, train=False)
+    state = ckpts.restore(step, state)
+    ckpts.close()
+    result = _finish(config, workdir, state, step, test_ds, _eval_fn(config, test_ds.num_classes), print_fn)
+    with open(os.path.join(workdir, "eval.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    return result
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       print_fn: Callable[[str], None] = print) -> dict[str, Any]:
+    """Trains the configured segmenter, evaluating, logging and checkpointing; resumes if it can.
+
+    Returns:
+      {miou, pixel_accuracy, per_class_iou, test_loss, step, train_time_s}, also
+      written to `W/results.json`.
+    """
+    # ---------------------------------------------------------------- data, model and optimiser
+    train_ds, test_ds, num_steps, state = _setup(config)
+    schedule = optim_lib.make_schedule(config.optim, num_steps)
+    workdir = os.path.abspath(workdir)
+
+    # ---------------------------------------------------------------- workdir and restore
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create workdir {workdir}: {e.strerror}") from e
+    config_path = os.path.join(workdir, "config.json")
+    ckpts = Checkpoints(workdir, keep=config.get("keep_checkpoints", 3))
+    log = MetricsLog(workdir)
+    start = ckpts.latest_step()
+    if start is not None:
+        if os.path.exists(config_path):
+            with open(config_path) as f:
+                _check_resumable(json.load(f), config, workdir)
+        state = ckpts.restore(start, state)
+        log.truncate_after(start)
+        print_fn(f"resumed from {ckpts.path(start)} at step {start}")
+    else:
+        start = 0
+        if os.path.exists(log.path):
+            os.remove(log.path)  # a log without a checkpoint belongs to no run we can continue
+    with open(config_path, "w") as f:
+        f.write(config.to_json(indent=2))
+
+    # ---------------------------------------------------------------- compiled steps
+    data = jax.device_put({"images": train_ds.images, "masks": train_ds.masks})
+    lc = config.loss
+    weights = lc.get("class_weights")
+    aug = config.get("augment") or {}
+    step_kwargs = {"ignore_label": lc.get("ignore_label", losses_lib.IGNORE_LABEL),
+                   "class_weights": None if weights is None else jnp.asarray(weights, jnp.float32),
+                   "mean": _stat(config, "mean", 0.0), "std": _stat(config, "std", 1.0)}
+    chunk = max(1, min(config.get("steps_per_call", 1), num_steps))
+
+    def compiled(num):
+        fn = functools.partial(train_steps, batch_size=config.batch_size, num=num,
+                               unroll=config.get("unroll", True), padding=aug.get("padding", 0),
+                               flip=bool(aug.get("flip", False)),
+                               mask_fill=aug.get("mask_fill", step_kwargs["ignore_label"]), **step_kwargs)
+        return jax.jit(fn, donate_argnums=0)
+
+    step_chunk, step_one = compiled(chunk), compiled(1)
+    eval_fn = _eval_fn(config, test_ds.num_classes)
+
+    # ---------------------------------------------------------------- loop
+    print_fn(f"training {config.model.name} on {config.dataset.name}: {num_steps} steps, "
+             f"batch {config.batch_size}, {test_ds.num_classes} classes, workdir {workdir}")
+    pending: list[dict] = []
+    step = int(start)
+    last_saved = start if start else None
+    t_log, s_log, t0 = time.time(), step, time.time()
+
+    def crossed(prev, now, every):
+        return now // every > prev // every
+
+    def flush() -> dict[str, float]:
+        stacked = jax.device_get(jax.tree.map(lambda *a: jnp.concatenate(a), *pending))
+        pending.clear()
+        if not (np.all(np.isfinite(stacked["loss"])) and np.all(np.isfinite(stacked["grad_norm"]))):
+            kept = (f"the last good checkpoint is {ckpts.path(last_saved)}" if last_saved
+                    else "no checkpoint was written")
+            raise TrainingDiverged(f"non-finite loss or gradient at or before step {step}; {kept}")
+        return {f"train_{k}": float(np.mean(v)) for k, v in stacked.items() if k != "grad_norm"}
+
+    while step < num_steps:
+        num = chunk if num_steps - step >= chunk else 1
+        state, metrics = (step_chunk if num == chunk else step_one)(state, data)
+        pending.append(metrics)
+        prev, step = step, step + num
+        done = step >= num_steps
+        record = {}
+        if crossed(prev, step, config.log_every) or done:
+            record.update(flush())
+            record["lr"] = float(schedule(step - 1))
+            now = time.time()
+            rate = (step - s_log) / max(now - t_log, 1e-9)
+            t_log, s_log = now, step
+            print_fn(f"step {step}/{num_steps}  loss {record['train_loss']:.4f}  pixel accuracy "
+                     f"{record['train_accuracy']:.4f}  {rate:.2f} steps/s  "
+                     f"ETA {int((num_steps - step) / max(rate, 1e-9))} s")
+        if crossed(prev, step, config.eval_every) and not done:
+            ev, _ = evaluate(eval_fn, state, test_ds, config.get("eval_batch_size", 100),
+                             step_kwargs["ignore_label"])
+            record.update({"miou": ev["miou"], "pixel_accuracy": ev["pixel_accuracy"],
+                           "test_loss": ev["test_loss"]})
+            print_fn(f"step {step}/{num_steps}  test mIoU {ev['miou']:.4f}  pixel accuracy "
+                     f"{ev['pixel_accuracy']:.4f}")
+        if crossed(prev, step, config.checkpoint_every) or done:
+            if pending:
+                flush()  # never checkpoint a diverged state
+            ckpts.save(step, state)
+            last_saved = step
+        if record:
+            log.append({"step": step, **record})
+    ckpts.close()
+    train_time = round(time.time() - t0, 2)
+
+    # ---------------------------------------------------------------- results
+    final = _finish(config, workdir, state, step, test_ds, eval_fn, print_fn,
+                    extra={"train_time_s": train_time})
+    if step > start:  # a resumed finished run has logged this already
+        log.append({"step": step, "miou": final["miou"], "pixel_accuracy": final["pixel_accuracy"],
+                    "test_loss": final["test_loss"]})
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+        json.dump(final, f, indent=2)
+    print_fn(f"done: mIoU {final['miou']:.4f}, pixel accuracy {final['pixel_accuracy']:.4f}; results in "
+             f"{os.path.join(workdir, 'results.json')}")
+    return final
