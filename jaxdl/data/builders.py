@@ -113,5 +113,6 @@ class Mnist1d(tfds.core.GeneratorBasedBuilder):
             yield i, {"x": x.astype(np.float32), "label": int(y)}
 
 
+from jaxdl.data.scenes import DigitScenes  # noqa: E402  (it uses digits_split above)
 
-OFFLINE_BUILDERS = {"digits": Digits, "mnist1d": Mnist1d}
+OFFLINE_BUILDERS = {"digits": Digits, "mnist1d": Mnist1d, "digit_scenes": DigitScenes}

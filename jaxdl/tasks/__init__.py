@@ -12,6 +12,8 @@ TASKS = {
     "dmlp": "jaxdl.tasks.dmlp",
     "generations": "jaxdl.tasks.generations",
     "perceptron_logic": "jaxdl.tasks.perceptron_logic",
+    "detection": "jaxdl.tasks.detection",
+    "segmentation": "jaxdl.tasks.segmentation",
 }
 
 
