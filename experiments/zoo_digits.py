@@ -12,14 +12,19 @@ DIGITS_MEAN, DIGITS_STD = 0.305, 0.324
 # Per architecture: the model fields, then the training knobs that differ from the
 # defaults of `get_config`.
 ARCHS = {
-    "lenet5": ({"name": "LeNet5"}, {}),
-    "alexnet": ({"name": "AlexNet", "small_input": True, "width": 0.25}, {}),
-    "vgg11": ({"name": "VGG11", "small_input": True, "width": 0.25}, {}),
-    "vgg16": ({"name": "VGG16", "small_input": True, "width": 0.25, "batch_norm": True}, {}),
-    "googlenet": ({"name": "GoogLeNet", "small_input": True, "width": 0.25}, {}),
-    "resnet18": ({"name": "ResNet18", "small_input": True, "width": 0.25}, {}),
-    "resnet34": ({"name": "ResNet34", "small_input": True, "width": 0.25}, {}),
-    "resnet50": ({"name": "ResNet50", "small_input": True, "width": 0.25}, {}),
+    "lenet5": ({"name": "LeNet5"}, {"num_steps": 600}),
+    "alexnet": ({"name": "AlexNet", "small_input": True, "width": 0.125, "hidden": 4096},
+                {"num_steps": 500, "optim.lr": 0.02}),
+    "vgg11": ({"name": "VGG11", "small_input": True, "width": 0.125, "hidden": 4096},
+              {"num_steps": 600, "optim.name": "adam", "optim.lr": 1e-3, "optim.weight_decay": 0.0}),
+    "vgg16": ({"name": "VGG16", "small_input": True, "width": 0.125, "batch_norm": True,
+               "hidden": 4096}, {"num_steps": 400}),
+    "googlenet": ({"name": "GoogLeNet", "width": 0.25},
+                  {"num_steps": 600, "batch_size": 32, "optim.name": "adam", "optim.lr": 1e-3,
+                   "optim.weight_decay": 0.0}),
+    "resnet18": ({"name": "ResNet18", "width": 0.25}, {"num_steps": 300}),
+    "resnet34": ({"name": "ResNet34", "width": 0.25}, {"num_steps": 200}),
+    "resnet50": ({"name": "ResNet50", "width": 0.25}, {"num_steps": 400, "optim.lr": 0.1}),
 }
 
 
@@ -49,6 +54,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.dataset.data_dir = ml_collections.config_dict.placeholder(str)
     config.dataset.download = False
     config.dataset.image_size = 32
+    config.dataset.input_shape = (32, 32, 1)  # for --mode=summary without the data
+    config.dataset.num_classes = 10
     config.dataset.mean = (DIGITS_MEAN,)
     config.dataset.std = (DIGITS_STD,)
 
