@@ -2,7 +2,12 @@
 
   python launch.py --config=experiments/detect_digit_scenes.py --workdir=runs/detect_digits
 
-Expected: TODO.
+Measured on a 2-core CPU shared with other jobs (load average about 5): test mAP@0.5
+0.927 (VOC style), mAP@[.5:.95] 0.659 (COCO style), in 8 min 37 s of wall time for the
+whole command: 45 s to prepare `digit_scenes/train20k` on first use, 6 min 44 s for the
+2,000 steps of 32 scenes, then the evaluation and 8 pictures in `W/pictures/`. The test
+scenes hold only digits of the `digits` test split, written by people the detector
+never saw. From scratch; Adam with a cosine schedule.
 """
 import ml_collections
 

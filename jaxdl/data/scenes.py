@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -326,7 +327,10 @@ def load_scenes(name: str, split: str, directory: str | None = None, download: b
         else:
             source, info = data_lib.data_source(name, split, directory, download)
     except ModuleNotFoundError as e:
-        raise UserError(f"preparing or reading {name!r} needs {e.name}, which is not installed; "
+        # TFDS re-raises it with its own message, which loses `e.name`.
+        found = re.search(r"No module named '([^']+)'", str(e))
+        missing = e.name or (found.group(1) if found else "a module")
+        raise UserError(f"preparing or reading {name!r} needs {missing}, which is not installed; "
                         f"pip install 'jaxdl[tf]' for catalogue datasets whose builders need it") from e
     features = info.features
     if "image" not in features or "objects" not in features or "bbox" not in features["objects"].feature:

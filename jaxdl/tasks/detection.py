@@ -291,8 +291,12 @@ def _load(config: ml_collections.ConfigDict, split: str, max_boxes: int | None) 
                               options=options.to_dict() if options else None)
 
 
-def _setup(config: ml_collections.ConfigDict, train: bool = True):
-    """Data, model, anchors, step count and a fresh state for `config`."""
+def _setup(config: ml_collections.ConfigDict, train: bool = True, abstract: bool = False):
+    """Data, model, anchors, step count and a fresh state for `config`.
+
+    With `abstract`, the state holds only shapes and dtypes: enough to restore a
+    checkpoint into, without compiling the initialisation.
+    """
     check_config(config)
     ds_cfg = config.dataset
     test_ds = _load(config, ds_cfg.get("test_split", "test"), None)
@@ -307,7 +311,14 @@ def _setup(config: ml_collections.ConfigDict, train: bool = True):
     anchors = make_anchors(config, model, input_shape)
     tx = optim_lib.make_optimizer(config.optim, max(num_steps, 1))
     sample = jnp.zeros((1, *input_shape), jnp.float32)
-    state = jax.jit(lambda k: create_state(k, model, tx, sample))(jax.random.PRNGKey(config.seed))
+    init = lambda k: create_state(k, model, tx, sample)
+    key = jax.random.PRNGKey(config.seed)
+    if abstract:
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        state = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
+                             jax.eval_shape(init, key))
+    else:
+        state = jax.jit(init)(key)
     return train_ds, test_ds, model, anchors, num_steps, state
 
 
@@ -335,21 +346,29 @@ def _finish(config, workdir, state, step, test_ds, predict_fn, print_fn, extra=N
     return result
 
 
+def _latest_step(workdir: str) -> int | None:
+    """The newest checkpoint's step in `workdir`, None if there is none (creating nothing)."""
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        return None
+    ckpts = Checkpoints(workdir)
+    step = ckpts.latest_step()
+    ckpts.close()
+    return step
+
+
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str,
                      print_fn: Callable[[str], None] = print) -> dict[str, Any]:
     """Scores the latest checkpoint in `workdir` on the test split; writes `eval.json` and pictures."""
     workdir = os.path.abspath(workdir)
-    step = None
-    if os.path.isdir(os.path.join(workdir, "checkpoints")):
-        ckpts = Checkpoints(workdir)
-        step = ckpts.latest_step()
+    step = _latest_step(workdir)
     if step is None:
         raise UserError(f"no checkpoint in {workdir}; train first (--mode=train) or pass the run's --workdir")
     config_path = os.path.join(workdir, "config.json")
     if os.path.exists(config_path):
         with open(config_path) as f:
             _check_resumable(json.load(f), config, workdir)
-    _, test_ds, _, anchors, _, state = _setup(config, train=False)
+    _, test_ds, _, anchors, _, state = _setup(config, train=False, abstract=True)
+    ckpts = Checkpoints(workdir)
     state = ckpts.restore(step, state)
     ckpts.close()
     result = _finish(config, workdir, state, step, test_ds, _predict_fn(config, anchors), print_fn)
@@ -366,24 +385,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       {map50, map50_95, map50_coco, ap50_per_class, step, train_time_s}, also written
       to `W/results.json`.
     """
-    # ---------------------------------------------------------------- workdir
+    # ---------------------------------------------------------------- resumable? (before any work)
     workdir = os.path.abspath(workdir)
-    try:
-        os.makedirs(workdir, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create workdir {workdir}: {e.strerror}") from e
     config_path = os.path.join(workdir, "config.json")
-    ckpts = Checkpoints(workdir, keep=config.get("keep_checkpoints", 3))
-    start = ckpts.latest_step()
-    if start is not None and os.path.exists(config_path):  # before any data is read
+    start = _latest_step(workdir)
+    if start is not None and os.path.exists(config_path):
         with open(config_path) as f:
             _check_resumable(json.load(f), config, workdir)
 
     # ---------------------------------------------------------------- data, model and optimiser
-    train_ds, test_ds, model, anchors, num_steps, state = _setup(config)
+    train_ds, test_ds, model, anchors, num_steps, state = _setup(config, abstract=start is not None)
     schedule = optim_lib.make_schedule(config.optim, num_steps)
 
-    # ---------------------------------------------------------------- restore
+    # ---------------------------------------------------------------- workdir and restore
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create workdir {workdir}: {e.strerror}") from e
+    ckpts = Checkpoints(workdir, keep=config.get("keep_checkpoints", 3))
     log = MetricsLog(workdir)
     if start is not None:
         state = ckpts.restore(start, state)
