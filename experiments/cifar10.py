@@ -5,17 +5,17 @@
 
 Argument: `lenet5`, `alexnet`, `vgg11`, `vgg13`, `vgg16`, `vgg19`, `googlenet`,
 `resnet18`, `resnet34`, `resnet50`, `resnet101` or `resnet152` (default `resnet18`).
-Not measured here (it needs the CIFAR-10 download and an accelerator); commonly
-published test accuracies for these 32×32 variants with this recipe are about 95 %
-for ResNet-18, 93–94 % for VGG-16 with batch norm and 94–95 % for GoogLeNet.
+Not measured here (it needs the CIFAR-10 download and an accelerator); test
+accuracies reported for these 32×32 variants with similar recipes are 93–95 % for
+ResNet-18, VGG-16 with batch norm and GoogLeNet.
 
 The recipe of He et al. (2016, §4.2): SGD with momentum 0.9, batch 128, lr 0.1
 divided by 10 at 50 % and 75 % of the run (their 32k and 48k of 64k iterations:
 164 epochs), random 32×32 crops of the image padded by 4, horizontal flips, and
 per-channel normalisation. Weight decay is 5e-4 (the AlexNet and VGG papers' value;
-He et al. use 1e-4 on ImageNet). Every model takes its small-input stem (3×3, no
-early downsampling, narrow dense layers; see each model's docstring). Models without
-batch norm (LeNet-5, AlexNet, GoogLeNet) start at lr 0.01, as their papers did; VGG
+He et al. use 1e-4). Every model but LeNet-5 (made for 32×32) takes its small-input
+stem (3×3, no early downsampling, narrow dense layers; see each model's docstring).
+Models without batch norm (LeNet-5, AlexNet, GoogLeNet) take AlexNet's lr 0.01; VGG
 uses batch norm (`--config.model.batch_norm=False --config.optim.lr=0.01` for the
 paper's plain VGG). GoogLeNet is trained without its auxiliary classifiers.
 `--mode=summary` works without the data (`dataset.input_shape` is set).
@@ -40,7 +40,7 @@ MODELS = {
     "resnet101": {"name": "ResNet101", "small_input": True},
     "resnet152": {"name": "ResNet152", "small_input": True},
 }
-# Without batch norm, lr 0.1 diverges.
+# Models without batch norm: AlexNet's lr.
 LR = {"lenet5": 0.01, "alexnet": 0.01, "googlenet": 0.01}
 
 

@@ -1,8 +1,32 @@
 """The CNN zoo on scikit-learn's digits upsampled to 32×32: one architecture per run.
 
-  python launch.py --config=experiments/zoo_digits.py:resnet18 --workdir=runs/zoo_resnet18
+  python launch.py --config=experiments/zoo_digits.py:resnet18 --workdir=runs/zoo_digits_resnet18
 
-TODO table
+Argument: `lenet5`, `alexnet`, `vgg11`, `vgg16`, `googlenet`, `resnet18` (default),
+`resnet34` or `resnet50`. Expected: at least 97 % test accuracy on the 360 test
+digits for every architecture, each run within 5 minutes on a 2-core CPU.
+Measured with the command above (wall time: start-up, compilation and training) on
+2 CPU cores with a load average of at most 2.3 during the runs:
+
+| argument | model | training (steps × batch) | params | test accuracy | time |
+|---|---|---|---|---|---|
+| `lenet5` | LeNet-5 (tanh, average pooling) | SGD, lr 0.05, 600 × 64 | 61,706 | 99.2 % | 23 s |
+| `alexnet` | AlexNet, small input, width 1/8 | SGD, lr 0.02, 500 × 64 | 474,018 | 98.9 % | 72 s |
+| `vgg11` | VGG-11, width 1/8 | Adam, lr 1e-3, 600 × 64 | 445,482 | 98.9 % | 60 s |
+| `vgg16` | VGG-16, width 1/8, batch norm | SGD, lr 0.05, 400 × 64 | 532,018 | 99.2 % | 73 s |
+| `googlenet` | GoogLeNet, width 1/4 | Adam, lr 2e-3, 500 × 64 | 377,478 | 98.9 % | 107 s |
+| `resnet18` | ResNet-18, width 1/4 | SGD, lr 0.05, 300 × 64 | 701,818 | 99.7 % | 41 s |
+| `resnet34` | ResNet-34, width 1/4 | SGD, lr 0.05, 200 × 64 | 1,334,970 | 98.9 % | 49 s |
+| `resnet50` | ResNet-50, width 1/4 | SGD, lr 0.02, 400 × 64 | 1,484,538 | 98.9 % | 87 s |
+
+With other jobs on the same cores (load average 5–8) the times were 2–2.5× longer
+(GoogLeNet at 600 steps: 308 s). Compilation takes a large share of each time, most
+of it in `model.init`: its random initialisers compile slowly on XLA:CPU (GoogLeNet:
+48 s CPU for `model.init` against 31 s for the train step, forward and backward).
+SGD has momentum 0.9 and weight decay 5e-4; every run has a cosine schedule after
+50 warm-up steps (ResNet-50: 100), inputs normalised by the training set's mean and
+std, and random shifts of up to 2 pixels (`augment.crop_padding`; no flips: a
+mirrored digit is another symbol).
 """
 import ml_collections
 
@@ -23,11 +47,11 @@ ARCHS = {
               {"num_steps": 600, "optim.name": "adam", "optim.lr": 1e-3, "optim.weight_decay": 0.0}),
     "vgg16": ({"name": "VGG16", "width": 0.125, "batch_norm": True}, {"num_steps": 400}),
     "googlenet": ({"name": "GoogLeNet", "width": 0.25},
-                  {"num_steps": 600, "optim.name": "adam", "optim.lr": 2e-3, "optim.weight_decay": 0.0}),
+                  {"num_steps": 500, "optim.name": "adam", "optim.lr": 2e-3, "optim.weight_decay": 0.0}),
     "resnet18": ({"name": "ResNet18", "width": 0.25}, {"num_steps": 300}),
     "resnet34": ({"name": "ResNet34", "width": 0.25}, {"num_steps": 200}),
     "resnet50": ({"name": "ResNet50", "width": 0.25},
-                 {"num_steps": 300, "optim.lr": 0.02, "optim.warmup_steps": 100}),
+                 {"num_steps": 400, "optim.lr": 0.02, "optim.warmup_steps": 100}),
 }
 
 

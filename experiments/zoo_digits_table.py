@@ -2,12 +2,23 @@
 
   python launch.py --config=experiments/zoo_digits_table.py --workdir=runs/zoo_digits_table
 
-Writes `W/results.md` and `W/results.json` (rows: model, year, depth, params,
-seeds, test accuracy, train time); each row is the run of
-`experiments/zoo_digits.py:<model>` (see its docstring for the accuracy and time of
-each). `depth` is the papers' count of weight layers (convolutions and dense layers
-on the main path); `params` that of the trained variant, counted from the shapes of
-`model.init`.
+Writes `W/results.md` and `W/results.json`; each row is the run of
+`experiments/zoo_digits.py:<model>`. `depth` is the paper's count of weight layers
+(convolutions and dense layers on the main path), `params` that of the trained
+variant, counted from the shapes of `model.init`. Measured: 7.5 minutes for the
+eight rows on 2 CPU cores (load average about 2); the train time is the loop's,
+with the train step's compilation but not `model.init`'s:
+
+| model | year | depth | params | seeds | test accuracy (%) | train time (s) |
+|---|---|---|---|---|---|---|
+| lenet5 | 1998 | 5 | 61706 | 1 | 99.2 ± 0.0 | 13.5 |
+| alexnet | 2012 | 8 | 474018 | 1 | 98.9 ± 0.0 | 62.4 |
+| vgg11 | 2014 | 11 | 445482 | 1 | 98.9 ± 0.0 | 43.25 |
+| vgg16 | 2014 | 16 | 532018 | 1 | 99.2 ± 0.0 | 45.59 |
+| googlenet | 2014 | 22 | 377478 | 1 | 98.9 ± 0.0 | 59.46 |
+| resnet18 | 2015 | 18 | 701818 | 1 | 99.7 ± 0.0 | 23.76 |
+| resnet34 | 2015 | 34 | 1334970 | 1 | 98.9 ± 0.0 | 31.32 |
+| resnet50 | 2015 | 50 | 1484538 | 1 | 98.9 ± 0.0 | 71.05 |
 """
 import functools
 
@@ -54,6 +65,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         row.checkpoint_every = row.num_steps
         year, depth = PAPERS[arch]
         config.rows[arch] = {"index": len(config.rows), "config": row,
-                             "labels": {"model": arch, "year": year, "depth": depth,
-                                        "params": num_params(row)}}
+                             "labels": ml_collections.ConfigDict(  # columns in this order
+                                 {"model": arch, "year": year, "depth": depth,
+                                  "params": num_params(row)}, sort_keys=False)}
     return config
