@@ -79,7 +79,7 @@ def main(argv):
 
     from jaxdl import tasks
     from jaxdl.errors import UserError
-    from jaxdl.train import TrainingDiverged
+    from jaxdl.loop import TrainingDiverged
 
     config = FLAGS.config
     if FLAGS.mode == "show":

@@ -19,9 +19,7 @@ rerun resumes from the latest checkpoint.
 from __future__ import annotations
 
 import functools
-import json
 import os
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -31,20 +29,18 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxdl import data as data_lib
-from jaxdl import models
+from jaxdl import loop, models
 from jaxdl import optim as optim_lib
-from jaxdl.checkpoint import Checkpoints
 from jaxdl.data import scenes
 from jaxdl.detection import boxes as boxes_lib
 from jaxdl.detection import loss as loss_lib
 from jaxdl.detection import metrics as metrics_lib
 from jaxdl.detection import ssd as ssd_lib
 from jaxdl.errors import UserError, unknown_name
-from jaxdl.train import MetricsLog, TrainingDiverged, TrainState, _check_resumable, create_state, num_train_steps
+from jaxdl.train import TrainState, create_state
 
-# The key streams of `jaxdl.train` (fold_in of the replica key).
-_DATA, _DROPOUT, _AUGMENT = 1, 2, 3
+# The key streams of `jaxdl.loop` (fold_in of the replica key).
+_DROPOUT = loop.DROPOUT
 
 
 # ----------------------------------------------------------------------------------
@@ -92,14 +88,7 @@ def make_anchors(config: ml_collections.ConfigDict, model: ssd_lib.SSD,
 
 def check_config(config: ml_collections.ConfigDict) -> None:
     """Raises UserError for config values that cannot work, before any data is read."""
-    for field in ("batch_size", "log_every", "eval_every", "checkpoint_every"):
-        value = config.get(field)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise UserError(f"{field} must be an integer >= 1, got {value!r}")
-    if not config.get("num_epochs") and (not isinstance(config.get("num_steps"), int) or config.num_steps < 1):
-        raise UserError(f"num_steps must be an integer >= 1 (or set num_epochs), got {config.get('num_steps')!r}")
-    if config.get("num_seeds", 1) != 1:
-        raise UserError("the detection task trains one seed; set num_seeds=1 and vary seed instead")
+    loop.check_config(config, seeds=False)
     m = config.model
     num_maps = len(m.sources) + (m.get("fc_from") is not None) + len(m.get("extra_channels") or ())
     if len(m.anchors.aspect_ratios) != num_maps:
@@ -171,26 +160,16 @@ def train_steps(state: TrainState, data: dict[str, jax.Array], *, batch_size: in
                 unroll: bool, flip_images: bool = False, **step_kwargs):
     """`num` train steps on the device-resident train set, batches gathered inside jit.
 
-    Step s trains on `jaxdl.data.batch_indices(fold_in(key, 1), s, N, B)`, the data
-    order of `jaxdl.train.train_steps`. Returns the new state and per-step metrics (num,).
+    The data order of `jaxdl.loop.scan_steps`, each batch's images and boxes flipped
+    together. Returns the new state and per-step metrics (num,).
     """
-    n = data["images"].shape[0]
-    steps_per_epoch = n // batch_size
-    span = (steps_per_epoch + num - 2) // steps_per_epoch + 1  # epochs one call can touch
-    first_epoch = state.step // steps_per_epoch
-    perms = data_lib.epoch_permutations(jax.random.fold_in(state.key, _DATA),
-                                        first_epoch + jnp.arange(span), n)
-
-    def body(s, _):
-        epoch, i = jnp.divmod(s.step, steps_per_epoch)
-        idx = jax.lax.dynamic_slice_in_dim(perms[epoch - first_epoch], i * batch_size, batch_size)
-        batch = {k: v[idx] for k, v in data.items()}
-        if flip_images:
-            key = jax.random.fold_in(jax.random.fold_in(s.key, _AUGMENT), s.step)
-            batch["images"], batch["boxes"] = flip(key, batch["images"], batch["boxes"])
-        return train_step(s, batch, **step_kwargs)
-
-    return jax.lax.scan(body, state, None, length=num, unroll=0 if unroll else 1)
+    augment_fn = None
+    if flip_images:
+        def augment_fn(key, batch):
+            images, boxes = flip(key, batch["images"], batch["boxes"])
+            return {**batch, "images": images, "boxes": boxes}
+    return loop.scan_steps(state, data, functools.partial(train_step, **step_kwargs), batch_size=batch_size,
+                           num=num, unroll=unroll, augment_fn=augment_fn)
 
 
 def predict(state: TrainState, images: jax.Array, *, anchors: jax.Array, detect_kwargs: dict,
@@ -291,35 +270,30 @@ def _load(config: ml_collections.ConfigDict, split: str, max_boxes: int | None) 
                               options=options.to_dict() if options else None)
 
 
-def _setup(config: ml_collections.ConfigDict, train: bool = True, abstract: bool = False):
-    """Data, model, anchors, step count and a fresh state for `config`.
+def _setup(config: ml_collections.ConfigDict, train: bool = True):
+    """Data, anchors, step count and the state's initialiser for `config`.
 
-    With `abstract`, the state holds only shapes and dtypes: enough to restore a
-    checkpoint into, without compiling the initialisation.
+    Returns (train_ds, test_ds, anchors, num_steps, init) with `init() -> TrainState`.
     """
     check_config(config)
     ds_cfg = config.dataset
     test_ds = _load(config, ds_cfg.get("test_split", "test"), None)
     train_ds = _load(config, ds_cfg.get("train_split", "train"), ds_cfg.get("max_boxes")) if train else None
     num_examples = len(train_ds) if train else 1
-    if train and config.batch_size > num_examples:
-        raise UserError(f"batch_size {config.batch_size} is larger than the {num_examples} training "
-                        f"images of {ds_cfg.name!r}; lower --config.batch_size")
-    num_steps = num_train_steps(config, num_examples) if train else 0
+    if train:
+        loop.check_batch_size(config, num_examples, "training images")
+    num_steps = loop.num_train_steps(config, num_examples) if train else 0
     model = make_model(config, test_ds.num_classes)
     input_shape = test_ds.images.shape[1:]
     anchors = make_anchors(config, model, input_shape)
     tx = optim_lib.make_optimizer(config.optim, max(num_steps, 1))
     sample = jnp.zeros((1, *input_shape), jnp.float32)
-    init = lambda k: create_state(k, model, tx, sample)
     key = jax.random.PRNGKey(config.seed)
-    if abstract:
-        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        state = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
-                             jax.eval_shape(init, key))
-    else:
-        state = jax.jit(init)(key)
-    return train_ds, test_ds, model, anchors, num_steps, state
+
+    def init():
+        return create_state(key, model, tx, sample)
+
+    return train_ds, test_ds, anchors, num_steps, init
 
 
 def _predict_fn(config: ml_collections.ConfigDict, anchors: np.ndarray):
@@ -335,46 +309,33 @@ def _stat(config, name, default):
     return default if value is None else tuple(value)
 
 
-def _finish(config, workdir, state, step, test_ds, predict_fn, print_fn, extra=None) -> dict[str, Any]:
-    """Scores the test split, writes the pictures and returns the result record."""
-    dets = detections(predict_fn, state, test_ds.images, config.get("eval_batch_size", 100))
-    result = {"step": step, **score(dets, test_ds), **(extra or {})}
-    pictures = write_pictures(os.path.join(workdir, "pictures"), test_ds, dets,
-                              config.get("num_pictures", 8), config.get("picture_min_score", 0.5))
-    print_fn(f"step {step}: mAP@0.5 {result['map50']:.4f} (VOC)  mAP@[.5:.95] {result['map50_95']:.4f} "
-             f"(COCO); {len(pictures)} pictures in {os.path.join(workdir, 'pictures')}")
-    return result
+def _scorers(config: ml_collections.ConfigDict, workdir: str, test_ds: scenes.SceneDataset,
+             anchors: np.ndarray, print_fn: Callable[[str], None]):
+    """(evaluate, finish): the test split's mAPs during training; at the end, also pictures."""
+    predict_fn = _predict_fn(config, anchors)
+    batch_size = config.get("eval_batch_size", 100)
 
+    def evaluate_state(state):
+        scores = score(detections(predict_fn, state, test_ds.images, batch_size), test_ds)
+        return {k: scores[k] for k in ("map50", "map50_95")}
 
-def _latest_step(workdir: str) -> int | None:
-    """The newest checkpoint's step in `workdir`, None if there is none (creating nothing)."""
-    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
-        return None
-    ckpts = Checkpoints(workdir)
-    step = ckpts.latest_step()
-    ckpts.close()
-    return step
+    def finish(state, step):
+        dets = detections(predict_fn, state, test_ds.images, batch_size)
+        pictures = write_pictures(os.path.join(workdir, "pictures"), test_ds, dets,
+                                  config.get("num_pictures", 8), config.get("picture_min_score", 0.5))
+        print_fn(f"{len(pictures)} pictures in {os.path.join(workdir, 'pictures')}")
+        return score(dets, test_ds)
+
+    return evaluate_state, finish
 
 
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str,
                      print_fn: Callable[[str], None] = print) -> dict[str, Any]:
     """Scores the latest checkpoint in `workdir` on the test split; writes `eval.json` and pictures."""
-    workdir = os.path.abspath(workdir)
-    step = _latest_step(workdir)
-    if step is None:
-        raise UserError(f"no checkpoint in {workdir}; train first (--mode=train) or pass the run's --workdir")
-    config_path = os.path.join(workdir, "config.json")
-    if os.path.exists(config_path):
-        with open(config_path) as f:
-            _check_resumable(json.load(f), config, workdir)
-    _, test_ds, _, anchors, _, state = _setup(config, train=False, abstract=True)
-    ckpts = Checkpoints(workdir)
-    state = ckpts.restore(step, state)
-    ckpts.close()
-    result = _finish(config, workdir, state, step, test_ds, _predict_fn(config, anchors), print_fn)
-    with open(os.path.join(workdir, "eval.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    return result
+    loop.check_resumable(config, workdir)
+    _, test_ds, anchors, _, init = _setup(config, train=False)
+    _, finish = _scorers(config, os.path.abspath(workdir), test_ds, anchors, print_fn)
+    return loop.evaluate_workdir(config, workdir, init, finish, print_fn)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -385,124 +346,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       {map50, map50_95, map50_coco, ap50_per_class, step, train_time_s}, also written
       to `W/results.json`.
     """
-    # ---------------------------------------------------------------- resumable? (before any work)
-    workdir = os.path.abspath(workdir)
-    config_path = os.path.join(workdir, "config.json")
-    start = _latest_step(workdir)
-    if start is not None and os.path.exists(config_path):
-        with open(config_path) as f:
-            _check_resumable(json.load(f), config, workdir)
+    def build() -> loop.Run:
+        train_ds, test_ds, anchors, num_steps, init = _setup(config)
+        lc = config.loss
+        step_kwargs = {"anchors": jnp.asarray(anchors), "mean": _stat(config, "mean", 0.0),
+                       "std": _stat(config, "std", 1.0),
+                       "loss_kwargs": {"iou_threshold": lc.iou_threshold, "neg_pos_ratio": lc.neg_pos_ratio,
+                                       "box_weight": lc.box_weight}}
 
-    # ---------------------------------------------------------------- data, model and optimiser
-    train_ds, test_ds, model, anchors, num_steps, state = _setup(config, abstract=start is not None)
-    schedule = optim_lib.make_schedule(config.optim, num_steps)
+        def make_steps(num):
+            fn = functools.partial(train_steps, batch_size=config.batch_size, num=num,
+                                   unroll=config.get("unroll", True),
+                                   flip_images=bool((config.get("augment") or {}).get("flip", False)),
+                                   **step_kwargs)
+            return jax.jit(fn, donate_argnums=0)
 
-    # ---------------------------------------------------------------- workdir and restore
-    try:
-        os.makedirs(workdir, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create workdir {workdir}: {e.strerror}") from e
-    ckpts = Checkpoints(workdir, keep=config.get("keep_checkpoints", 3))
-    log = MetricsLog(workdir)
-    if start is not None:
-        state = ckpts.restore(start, state)
-        log.truncate_after(start)
-        print_fn(f"resumed from {ckpts.path(start)} at step {start}")
-    else:
-        start = 0
-        if os.path.exists(log.path):
-            os.remove(log.path)  # a log without a checkpoint belongs to no run we can continue
-    with open(config_path, "w") as f:
-        f.write(config.to_json(indent=2))
+        evaluate_state, finish = _scorers(config, os.path.abspath(workdir), test_ds, anchors, print_fn)
+        data = {"images": train_ds.images, "boxes": train_ds.boxes, "labels": train_ds.labels,
+                "mask": train_ds.mask}
+        return loop.Run(
+            init=init, num_steps=num_steps, make_steps=make_steps, data=(jax.device_put(data),),
+            evaluate=evaluate_state, finish=finish, schedule=optim_lib.make_schedule(config.optim, num_steps),
+            description=f"SSD on {config.model.backbone.name} on {config.dataset.name} ({len(anchors)} anchors)")
 
-    # ---------------------------------------------------------------- compiled steps
-    data = {"images": train_ds.images, "boxes": train_ds.boxes, "labels": train_ds.labels,
-            "mask": train_ds.mask}
-    data = jax.device_put(data)
-    lc = config.loss
-    step_kwargs = {"anchors": jnp.asarray(anchors), "mean": _stat(config, "mean", 0.0),
-                   "std": _stat(config, "std", 1.0),
-                   "loss_kwargs": {"iou_threshold": lc.iou_threshold, "neg_pos_ratio": lc.neg_pos_ratio,
-                                   "box_weight": lc.box_weight}}
-    chunk = max(1, min(config.get("steps_per_call", 1), num_steps))
-
-    def compiled(num):
-        fn = functools.partial(train_steps, batch_size=config.batch_size, num=num,
-                               unroll=config.get("unroll", True),
-                               flip_images=bool((config.get("augment") or {}).get("flip", False)),
-                               **step_kwargs)
-        return jax.jit(fn, donate_argnums=0)
-
-    step_chunk, step_one = compiled(chunk), compiled(1)
-    predict_fn = _predict_fn(config, anchors)
-
-    # ---------------------------------------------------------------- loop
-    print_fn(f"training SSD on {config.model.backbone.name} on {config.dataset.name}: {num_steps} steps, "
-             f"batch {config.batch_size}, {len(anchors)} anchors, workdir {workdir}")
-    pending: list[dict] = []  # per-call metrics still on the device
-    fetched: list[dict] = []  # on the host, not yet logged
-    step = int(start)
-    last_saved = start if start else None
-    t_log, s_log, t0 = time.time(), step, time.time()
-
-    def crossed(prev, now, every):
-        return now // every > prev // every
-
-    def fetch() -> None:
-        """Brings the pending metrics to the host; stops on a non-finite loss or gradient."""
-        if not pending:
-            return
-        metrics = jax.device_get(jax.tree.map(lambda *a: jnp.concatenate(a), *pending))
-        pending.clear()
-        if not (np.all(np.isfinite(metrics["loss"])) and np.all(np.isfinite(metrics["grad_norm"]))):
-            kept = (f"the last good checkpoint is {ckpts.path(last_saved)}" if last_saved
-                    else "no checkpoint was written")
-            raise TrainingDiverged(f"non-finite loss or gradient at or before step {step}; {kept}")
-        fetched.append(metrics)
-
-    while step < num_steps:
-        num = chunk if num_steps - step >= chunk else 1
-        state, metrics = (step_chunk if num == chunk else step_one)(state, data)
-        pending.append(metrics)
-        prev, step = step, step + num
-        done = step >= num_steps
-        record = {}
-        if crossed(prev, step, config.log_every) or done:
-            fetch()
-            record.update({f"train_{k}": float(np.mean(np.concatenate([m[k] for m in fetched])))
-                           for k in fetched[0] if k != "grad_norm"})
-            fetched.clear()
-            record["lr"] = float(schedule(step - 1))
-            now = time.time()
-            rate = (step - s_log) / max(now - t_log, 1e-9)
-            t_log, s_log = now, step
-            print_fn(f"step {step}/{num_steps}  loss {record['train_loss']:.4f} (conf "
-                     f"{record['train_conf']:.4f}, loc {record['train_loc']:.4f})  {rate:.2f} steps/s  "
-                     f"ETA {int((num_steps - step) / max(rate, 1e-9))} s")
-        if crossed(prev, step, config.eval_every) and not done:  # the final one comes below
-            scores = score(detections(predict_fn, state, test_ds.images,
-                                      config.get("eval_batch_size", 100)), test_ds)
-            record.update({k: scores[k] for k in ("map50", "map50_95")})
-            print_fn(f"step {step}/{num_steps}  test mAP@0.5 {scores['map50']:.4f}  "
-                     f"mAP@[.5:.95] {scores['map50_95']:.4f}")
-        # The log line goes first: a run killed before its checkpoint completes resumes
-        # from the previous checkpoint and drops the lines after it, so none is lost.
-        if record:
-            log.append({"step": step, **record})
-        if crossed(prev, step, config.checkpoint_every) or done:
-            fetch()  # never checkpoint a diverged state
-            ckpts.save(step, state)
-            last_saved = step
-    ckpts.close()
-    train_time = round(time.time() - t0, 2)
-
-    # ---------------------------------------------------------------- results
-    final = _finish(config, workdir, state, step, test_ds, predict_fn, print_fn,
-                    extra={"train_time_s": train_time})
-    if step > start:  # a resumed finished run has logged this already
-        log.append({"step": step, "map50": final["map50"], "map50_95": final["map50_95"]})
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(final, f, indent=2)
-    print_fn(f"done: mAP@0.5 {final['map50']:.4f}, mAP@[.5:.95] {final['map50_95']:.4f}; results in "
-             f"{os.path.join(workdir, 'results.json')}")
-    return final
+    return loop.run(config, workdir, build, print_fn)

@@ -17,9 +17,7 @@ from the (seed, step) permutation, and a rerun resumes from the latest checkpoin
 from __future__ import annotations
 
 import functools
-import json
 import os
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -29,20 +27,18 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxdl import data as data_lib
-from jaxdl import models
+from jaxdl import loop, models
 from jaxdl import optim as optim_lib
-from jaxdl.checkpoint import Checkpoints
 from jaxdl.errors import UserError, unknown_name
 from jaxdl.segmentation import augment as augment_lib
 from jaxdl.segmentation import data as seg_data
 from jaxdl.segmentation import losses as losses_lib
 from jaxdl.segmentation import metrics as metrics_lib
 from jaxdl.segmentation import models as seg_models
-from jaxdl.train import MetricsLog, TrainingDiverged, TrainState, _check_resumable, create_state, num_train_steps
+from jaxdl.train import TrainState, create_state
 
-# The key streams of `jaxdl.train` (fold_in of the replica key).
-_DATA, _DROPOUT, _AUGMENT = 1, 2, 3
+# The key streams of `jaxdl.loop` (fold_in of the replica key).
+_DROPOUT = loop.DROPOUT
 
 
 # ----------------------------------------------------------------------------------
@@ -85,14 +81,7 @@ def make_model(config: ml_collections.ConfigDict, num_classes: int):
 
 def check_config(config: ml_collections.ConfigDict) -> None:
     """Raises UserError for config values that cannot work, before any data is read."""
-    for field in ("batch_size", "log_every", "eval_every", "checkpoint_every"):
-        value = config.get(field)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise UserError(f"{field} must be an integer >= 1, got {value!r}")
-    if not config.get("num_epochs") and (not isinstance(config.get("num_steps"), int) or config.num_steps < 1):
-        raise UserError(f"num_steps must be an integer >= 1 (or set num_epochs), got {config.get('num_steps')!r}")
-    if config.get("num_seeds", 1) != 1:
-        raise UserError("the segmentation task trains one seed; set num_seeds=1 and vary seed instead")
+    loop.check_config(config, seeds=False)
     optim_lib.check(config.optim)
 
 
@@ -146,28 +135,17 @@ def train_steps(state: TrainState, data: dict[str, jax.Array], *, batch_size: in
                 **step_kwargs):
     """`num` train steps on the device-resident train set, batches gathered inside jit.
 
-    Step s trains on `jaxdl.data.batch_indices(fold_in(key, 1), s, N, B)`, the data
-    order of `jaxdl.train.train_steps`, its images and masks cropped and flipped
-    together. Returns the new state and per-step metrics (num,).
+    The data order of `jaxdl.loop.scan_steps`, each batch's images and masks cropped
+    and flipped together. Returns the new state and per-step metrics (num,).
     """
-    n = data["images"].shape[0]
-    steps_per_epoch = n // batch_size
-    span = (steps_per_epoch + num - 2) // steps_per_epoch + 1  # epochs one call can touch
-    first_epoch = state.step // steps_per_epoch
-    perms = data_lib.epoch_permutations(jax.random.fold_in(state.key, _DATA),
-                                        first_epoch + jnp.arange(span), n)
-
-    def body(s, _):
-        epoch, i = jnp.divmod(s.step, steps_per_epoch)
-        idx = jax.lax.dynamic_slice_in_dim(perms[epoch - first_epoch], i * batch_size, batch_size)
-        batch = {k: v[idx] for k, v in data.items()}
-        if padding or flip:
-            key = jax.random.fold_in(jax.random.fold_in(s.key, _AUGMENT), s.step)
-            batch["images"], batch["masks"] = augment_lib.joint_crop_flip(
-                key, batch["images"], batch["masks"], padding=padding, flip=flip, mask_fill=mask_fill)
-        return train_step(s, batch, **step_kwargs)
-
-    return jax.lax.scan(body, state, None, length=num, unroll=0 if unroll else 1)
+    augment_fn = None
+    if padding or flip:
+        def augment_fn(key, batch):
+            images, masks = augment_lib.joint_crop_flip(key, batch["images"], batch["masks"],
+                                                        padding=padding, flip=flip, mask_fill=mask_fill)
+            return {**batch, "images": images, "masks": masks}
+    return loop.scan_steps(state, data, functools.partial(train_step, **step_kwargs), batch_size=batch_size,
+                           num=num, unroll=unroll, augment_fn=augment_fn)
 
 
 def eval_step(state: TrainState, images: jax.Array, masks: jax.Array, *, num_classes: int,
@@ -284,69 +262,70 @@ def _stat(config, name, default):
 
 
 def _setup(config: ml_collections.ConfigDict, train: bool = True):
-    """Data, model, step count and a fresh state for `config`."""
+    """Data, step count and the state's initialiser for `config`: (train_ds, test_ds, num_steps, init)."""
     check_config(config)
     ds_cfg = config.dataset
     test_ds = _load(config, ds_cfg.get("test_split", "test"))
     train_ds = _load(config, ds_cfg.get("train_split", "train")) if train else None
     num_examples = len(train_ds) if train else 1
-    if train and config.batch_size > num_examples:
-        raise UserError(f"batch_size {config.batch_size} is larger than the {num_examples} training "
-                        f"images of {ds_cfg.name!r}; lower --config.batch_size")
+    if train:
+        loop.check_batch_size(config, num_examples, "training images")
     weights = config.loss.get("class_weights")
     if weights is not None and len(weights) != test_ds.num_classes:
         raise UserError(f"loss.class_weights has {len(weights)} values for {test_ds.num_classes} classes")
-    num_steps = num_train_steps(config, num_examples) if train else 0
+    num_steps = loop.num_train_steps(config, num_examples) if train else 0
     model = make_model(config, test_ds.num_classes)
     tx = optim_lib.make_optimizer(config.optim, max(num_steps, 1))
     sample = jnp.zeros((1, *test_ds.images.shape[1:]), jnp.float32)
+    key = jax.random.PRNGKey(config.seed)
+
+    def init():
+        return create_state(key, model, tx, sample)
+
     try:
-        state = jax.jit(lambda k: create_state(k, model, tx, sample))(jax.random.PRNGKey(config.seed))
+        jax.eval_shape(init)
     except ValueError as e:
         raise UserError(f"segmenter {config.model.name!r} cannot take inputs of shape "
                         f"{test_ds.images.shape[1:]}: {e}") from e
-    return train_ds, test_ds, num_steps, state
+    return train_ds, test_ds, num_steps, init
 
 
 def _eval_fn(config: ml_collections.ConfigDict, num_classes: int):
-    return jax.jit(functools.partial(eval_step, num_classes=num_classes,
-                                     ignore_label=config.loss.get("ignore_label", losses_lib.IGNORE_LABEL),
+    return jax.jit(functools.partial(eval_step, num_classes=num_classes, ignore_label=_ignore(config),
                                      mean=_stat(config, "mean", 0.0), std=_stat(config, "std", 1.0)))
 
 
-def _finish(config, workdir, state, step, test_ds, eval_fn, print_fn, extra=None) -> dict[str, Any]:
-    """Scores the test split, writes the pictures and returns the result record."""
-    metrics, predictions = evaluate(eval_fn, state, test_ds, config.get("eval_batch_size", 100),
-                                    config.loss.get("ignore_label", losses_lib.IGNORE_LABEL),
-                                    keep=config.get("num_pictures", 8))
-    result = {"step": step, **_record(metrics, test_ds.class_names), **(extra or {})}
-    pictures = write_pictures(os.path.join(workdir, "pictures"), test_ds, predictions)
-    print_fn(f"step {step}: mIoU {result['miou']:.4f}  pixel accuracy {result['pixel_accuracy']:.4f}; "
-             f"{len(pictures)} pictures in {os.path.join(workdir, 'pictures')}")
-    return result
+def _ignore(config: ml_collections.ConfigDict) -> int:
+    return config.loss.get("ignore_label", losses_lib.IGNORE_LABEL)
+
+
+def _scorers(config: ml_collections.ConfigDict, workdir: str, test_ds: seg_data.SegmentationDataset,
+             print_fn: Callable[[str], None]):
+    """(evaluate, finish): the test split's mIoU during training; at the end, also pictures."""
+    eval_fn = _eval_fn(config, test_ds.num_classes)
+    batch_size = config.get("eval_batch_size", 100)
+
+    def evaluate_state(state):
+        ev, _ = evaluate(eval_fn, state, test_ds, batch_size, _ignore(config))
+        return {k: ev[k] for k in ("miou", "pixel_accuracy", "test_loss")}
+
+    def finish(state, step):
+        metrics, predictions = evaluate(eval_fn, state, test_ds, batch_size, _ignore(config),
+                                        keep=config.get("num_pictures", 8))
+        pictures = write_pictures(os.path.join(workdir, "pictures"), test_ds, predictions)
+        print_fn(f"{len(pictures)} pictures in {os.path.join(workdir, 'pictures')}")
+        return _record(metrics, test_ds.class_names)
+
+    return evaluate_state, finish
 
 
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str,
                      print_fn: Callable[[str], None] = print) -> dict[str, Any]:
     """Scores the latest checkpoint in `workdir` on the test split; writes `eval.json` and pictures."""
-    workdir = os.path.abspath(workdir)
-    step = None
-    if os.path.isdir(os.path.join(workdir, "checkpoints")):
-        ckpts = Checkpoints(workdir)
-        step = ckpts.latest_step()
-    if step is None:
-        raise UserError(f"no checkpoint in {workdir}; train first (--mode=train) or pass the run's --workdir")
-    config_path = os.path.join(workdir, "config.json")
-    if os.path.exists(config_path):
-        with open(config_path) as f:
-            _check_resumable(json.load(f), config, workdir)
-    _, test_ds, _, state = _setup(config, train=False)
-    state = ckpts.restore(step, state)
-    ckpts.close()
-    result = _finish(config, workdir, state, step, test_ds, _eval_fn(config, test_ds.num_classes), print_fn)
-    with open(os.path.join(workdir, "eval.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    return result
+    loop.check_resumable(config, workdir)
+    _, test_ds, _, init = _setup(config, train=False)
+    _, finish = _scorers(config, os.path.abspath(workdir), test_ds, print_fn)
+    return loop.evaluate_workdir(config, workdir, init, finish, print_fn)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -357,115 +336,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       {miou, pixel_accuracy, per_class_iou, test_loss, step, train_time_s}, also
       written to `W/results.json`.
     """
-    # ---------------------------------------------------------------- data, model and optimiser
-    train_ds, test_ds, num_steps, state = _setup(config)
-    schedule = optim_lib.make_schedule(config.optim, num_steps)
-    workdir = os.path.abspath(workdir)
+    def build() -> loop.Run:
+        train_ds, test_ds, num_steps, init = _setup(config)
+        lc = config.loss
+        weights = lc.get("class_weights")
+        aug = config.get("augment") or {}
+        step_kwargs = {"ignore_label": _ignore(config),
+                       "class_weights": None if weights is None else jnp.asarray(weights, jnp.float32),
+                       "mean": _stat(config, "mean", 0.0), "std": _stat(config, "std", 1.0)}
 
-    # ---------------------------------------------------------------- workdir and restore
-    try:
-        os.makedirs(workdir, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create workdir {workdir}: {e.strerror}") from e
-    config_path = os.path.join(workdir, "config.json")
-    ckpts = Checkpoints(workdir, keep=config.get("keep_checkpoints", 3))
-    log = MetricsLog(workdir)
-    start = ckpts.latest_step()
-    if start is not None:
-        if os.path.exists(config_path):
-            with open(config_path) as f:
-                _check_resumable(json.load(f), config, workdir)
-        state = ckpts.restore(start, state)
-        log.truncate_after(start)
-        print_fn(f"resumed from {ckpts.path(start)} at step {start}")
-    else:
-        start = 0
-        if os.path.exists(log.path):
-            os.remove(log.path)  # a log without a checkpoint belongs to no run we can continue
-    with open(config_path, "w") as f:
-        f.write(config.to_json(indent=2))
+        def make_steps(num):
+            fn = functools.partial(train_steps, batch_size=config.batch_size, num=num,
+                                   unroll=config.get("unroll", True), padding=aug.get("padding", 0),
+                                   flip=bool(aug.get("flip", False)),
+                                   mask_fill=aug.get("mask_fill", _ignore(config)), **step_kwargs)
+            return jax.jit(fn, donate_argnums=0)
 
-    # ---------------------------------------------------------------- compiled steps
-    data = jax.device_put({"images": train_ds.images, "masks": train_ds.masks})
-    lc = config.loss
-    weights = lc.get("class_weights")
-    aug = config.get("augment") or {}
-    step_kwargs = {"ignore_label": lc.get("ignore_label", losses_lib.IGNORE_LABEL),
-                   "class_weights": None if weights is None else jnp.asarray(weights, jnp.float32),
-                   "mean": _stat(config, "mean", 0.0), "std": _stat(config, "std", 1.0)}
-    chunk = max(1, min(config.get("steps_per_call", 1), num_steps))
+        evaluate_state, finish = _scorers(config, os.path.abspath(workdir), test_ds, print_fn)
+        return loop.Run(
+            init=init, num_steps=num_steps, make_steps=make_steps,
+            data=(jax.device_put({"images": train_ds.images, "masks": train_ds.masks}),),
+            evaluate=evaluate_state, finish=finish, schedule=optim_lib.make_schedule(config.optim, num_steps),
+            description=f"{config.model.name} on {config.dataset.name} ({test_ds.num_classes} classes)")
 
-    def compiled(num):
-        fn = functools.partial(train_steps, batch_size=config.batch_size, num=num,
-                               unroll=config.get("unroll", True), padding=aug.get("padding", 0),
-                               flip=bool(aug.get("flip", False)),
-                               mask_fill=aug.get("mask_fill", step_kwargs["ignore_label"]), **step_kwargs)
-        return jax.jit(fn, donate_argnums=0)
-
-    step_chunk, step_one = compiled(chunk), compiled(1)
-    eval_fn = _eval_fn(config, test_ds.num_classes)
-
-    # ---------------------------------------------------------------- loop
-    print_fn(f"training {config.model.name} on {config.dataset.name}: {num_steps} steps, "
-             f"batch {config.batch_size}, {test_ds.num_classes} classes, workdir {workdir}")
-    pending: list[dict] = []
-    step = int(start)
-    last_saved = start if start else None
-    t_log, s_log, t0 = time.time(), step, time.time()
-
-    def crossed(prev, now, every):
-        return now // every > prev // every
-
-    def flush() -> dict[str, float]:
-        stacked = jax.device_get(jax.tree.map(lambda *a: jnp.concatenate(a), *pending))
-        pending.clear()
-        if not (np.all(np.isfinite(stacked["loss"])) and np.all(np.isfinite(stacked["grad_norm"]))):
-            kept = (f"the last good checkpoint is {ckpts.path(last_saved)}" if last_saved
-                    else "no checkpoint was written")
-            raise TrainingDiverged(f"non-finite loss or gradient at or before step {step}; {kept}")
-        return {f"train_{k}": float(np.mean(v)) for k, v in stacked.items() if k != "grad_norm"}
-
-    while step < num_steps:
-        num = chunk if num_steps - step >= chunk else 1
-        state, metrics = (step_chunk if num == chunk else step_one)(state, data)
-        pending.append(metrics)
-        prev, step = step, step + num
-        done = step >= num_steps
-        record = {}
-        if crossed(prev, step, config.log_every) or done:
-            record.update(flush())
-            record["lr"] = float(schedule(step - 1))
-            now = time.time()
-            rate = (step - s_log) / max(now - t_log, 1e-9)
-            t_log, s_log = now, step
-            print_fn(f"step {step}/{num_steps}  loss {record['train_loss']:.4f}  pixel accuracy "
-                     f"{record['train_accuracy']:.4f}  {rate:.2f} steps/s  "
-                     f"ETA {int((num_steps - step) / max(rate, 1e-9))} s")
-        if crossed(prev, step, config.eval_every) and not done:
-            ev, _ = evaluate(eval_fn, state, test_ds, config.get("eval_batch_size", 100),
-                             step_kwargs["ignore_label"])
-            record.update({"miou": ev["miou"], "pixel_accuracy": ev["pixel_accuracy"],
-                           "test_loss": ev["test_loss"]})
-            print_fn(f"step {step}/{num_steps}  test mIoU {ev['miou']:.4f}  pixel accuracy "
-                     f"{ev['pixel_accuracy']:.4f}")
-        if crossed(prev, step, config.checkpoint_every) or done:
-            if pending:
-                flush()  # never checkpoint a diverged state
-            ckpts.save(step, state)
-            last_saved = step
-        if record:
-            log.append({"step": step, **record})
-    ckpts.close()
-    train_time = round(time.time() - t0, 2)
-
-    # ---------------------------------------------------------------- results
-    final = _finish(config, workdir, state, step, test_ds, eval_fn, print_fn,
-                    extra={"train_time_s": train_time})
-    if step > start:  # a resumed finished run has logged this already
-        log.append({"step": step, "miou": final["miou"], "pixel_accuracy": final["pixel_accuracy"],
-                    "test_loss": final["test_loss"]})
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(final, f, indent=2)
-    print_fn(f"done: mIoU {final['miou']:.4f}, pixel accuracy {final['pixel_accuracy']:.4f}; results in "
-             f"{os.path.join(workdir, 'results.json')}")
-    return final
+    return loop.run(config, workdir, build, print_fn)

@@ -1,0 +1,400 @@
+"""The training loop every task shares: workdir → restore → compiled steps → logs → eval → checkpoint.
+
+A task (classification in `jaxdl.train`, detection, segmentation) builds its data,
+model and step functions and hands them to `run` as a `Run`; the loop owns what
+every task must do the same way: one `metrics.jsonl` record per logged step,
+evaluation every `eval_every` steps and at the end, checkpoints every
+`checkpoint_every` steps and at the end, the divergence guard, and exact resume
+(the data order and every random key are functions of (seed, step), so a rerun of
+the same command continues where the last checkpoint left off).
+
+Train metrics come from the compiled steps with the step axis last: (steps,) for one
+replica, (K, steps) for K vmapped seeds; each logged value is the mean over the
+window's steps, then summarised over replicas (mean, and std and per-seed values when
+K > 1).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from jaxdl import data as data_lib
+from jaxdl.checkpoint import Checkpoints
+from jaxdl.errors import UserError
+
+# Streams derived from a replica's key with fold_in: never reuse one for two purposes.
+INIT, DATA, DROPOUT, AUGMENT = 0, 1, 2, 3
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or gradient became non-finite."""
+
+
+# ----------------------------------------------------------------------------------
+# Steps on a device-resident train set.
+
+def scan_steps(state, data: dict[str, jax.Array], step_fn: Callable, *, batch_size: int, num: int,
+               unroll: bool, augment_fn: Callable | None = None):
+    """`num` consecutive calls of `step_fn(state, batch)` on minibatches gathered inside jit.
+
+    Step s trains on the rows `jaxdl.data.batch_indices(fold_in(key, DATA), s, N, B)` of
+    every array in `data`. The epoch permutations the call needs are drawn once per
+    call, not once per step: on the CPU a permutation of a few thousand indices costs
+    more than a whole MLP step. A rolled `lax.scan` helps dispatch-bound MLPs but runs
+    convolutions inside the loop body several times slower on XLA:CPU; `unroll=True`
+    avoids that.
+
+    Args:
+      state: one replica's state (with `step` and `key`).
+      data: the train set, arrays with a leading (N,) axis.
+      step_fn: `(state, batch) -> (state, metrics)`.
+      batch_size: B.
+      num: steps in this call.
+      unroll: unroll the loop over steps.
+      augment_fn: `(key, batch) -> batch`, with the step's own augmentation key.
+
+    Returns:
+      The new state and the metrics of each step, with a trailing (num,) axis.
+    """
+    n = jax.tree.leaves(data)[0].shape[0]
+    steps_per_epoch = n // batch_size
+    span = (steps_per_epoch + num - 2) // steps_per_epoch + 1  # epochs one call can touch
+    first_epoch = state.step // steps_per_epoch
+    perms = data_lib.epoch_permutations(jax.random.fold_in(state.key, DATA),
+                                        first_epoch + jnp.arange(span), n)
+
+    def body(s, _):
+        epoch, i = jnp.divmod(s.step, steps_per_epoch)
+        idx = jax.lax.dynamic_slice_in_dim(perms[epoch - first_epoch], i * batch_size, batch_size)
+        batch = {k: v[idx] for k, v in data.items()}
+        if augment_fn is not None:
+            batch = augment_fn(jax.random.fold_in(jax.random.fold_in(s.key, AUGMENT), s.step), batch)
+        return step_fn(s, batch)
+
+    # unroll=0 unrolls fully; unroll=num would leave a one-trip while loop when num == 1.
+    state, metrics = jax.lax.scan(body, state, None, length=num, unroll=0 if unroll else 1)
+    return state, jax.tree.map(lambda m: jnp.moveaxis(m, 0, -1), metrics)
+
+
+# ----------------------------------------------------------------------------------
+# Config checks and logs.
+
+def check_config(config: ml_collections.ConfigDict, seeds: bool = True) -> None:
+    """Raises UserError for the loop's config fields that cannot work (before any work)."""
+    for field in ("batch_size", "log_every", "eval_every", "checkpoint_every") + (("num_seeds",) if seeds else ()):
+        value = config.get(field)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise UserError(f"{field} must be an integer >= 1, got {value!r}")
+    if not seeds and config.get("num_seeds", 1) != 1:
+        raise UserError(f"the {config.get('task')} task trains one seed; set num_seeds=1 and vary seed instead")
+    if not config.get("num_epochs") and (not isinstance(config.get("num_steps"), int) or config.num_steps < 1):
+        raise UserError(f"num_steps must be an integer >= 1 (or set num_epochs), got {config.get('num_steps')!r}")
+    if config.get("steps_per_call", 1) < 1:
+        raise UserError(f"steps_per_call must be >= 1, got {config.steps_per_call}")
+
+
+def num_train_steps(config: ml_collections.ConfigDict, num_examples: int) -> int:
+    """`num_epochs`, when set, wins over `num_steps`: epochs × (N // batch_size)."""
+    if config.get("num_epochs"):
+        return int(config.num_epochs) * (num_examples // config.batch_size)
+    return int(config.num_steps)
+
+
+def check_batch_size(config: ml_collections.ConfigDict, num_examples: int, what: str = "training examples"):
+    if config.batch_size > num_examples:
+        raise UserError(f"batch_size {config.batch_size} is larger than the {num_examples} {what} of "
+                        f"{config.dataset.name!r}; lower --config.batch_size")
+
+
+class MetricsLog:
+    """`<workdir>/metrics.jsonl`: one JSON object per log event, keyed by `step`."""
+
+    def __init__(self, workdir: str):
+        self.path = os.path.join(workdir, "metrics.jsonl")
+
+    def append(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def read(self) -> list[dict]:
+        if not os.path.exists(self.path):
+            return []
+        with open(self.path) as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+    def truncate_after(self, step: int) -> None:
+        """Drops records after `step`: a resumed run writes them again."""
+        records = [r for r in self.read() if r["step"] <= step]
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
+        os.replace(tmp, self.path)
+
+
+def summarise(name: str, values) -> dict[str, Any]:
+    """Mean over replicas, plus std and per-replica values when there are several."""
+    values = np.asarray(values, np.float64).reshape(-1)
+    out = {name: float(values.mean())}
+    if values.size > 1:
+        out[f"{name}_std"] = float(values.std())
+        out[f"{name}_per_seed"] = [float(v) for v in values]
+    return out
+
+
+def _fmt_duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _fmt_metrics(record: dict) -> str:
+    """The record's scalar means as `name value` pairs (no std or per-seed entries)."""
+    return "  ".join(f"{k.removeprefix('train_').replace('_', ' ')} {v:.4f}" for k, v in record.items()
+                     if isinstance(v, float) and not k.endswith("_std") and k not in ("lr", "step"))
+
+
+# ----------------------------------------------------------------------------------
+# Workdirs.
+
+# Config fields whose change makes a checkpoint unusable: resuming with them changed
+# would silently train a different experiment.
+_RESUME_KEYS = ("task", "model", "dataset.name", "dataset.image_size", "num_seeds", "seed", "batch_size")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_resumable(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Refuses a workdir whose `config.json` differs from `config` in what shapes the run."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        old = _flatten(json.load(f))
+    new = _flatten(json.loads(config.to_json()))
+    differ = sorted(k for k in set(new) | set(old)
+                    if any(k == r or k.startswith(r + ".") for r in _RESUME_KEYS)
+                    and new.get(k) != old.get(k))
+    if differ:
+        raise UserError(
+            f"workdir {workdir} holds a run with a different config ({', '.join(differ)}); "
+            f"use another --workdir or restore the old values")
+
+
+def latest_step(workdir: str) -> int | None:
+    """The newest checkpoint's step in `workdir`, None if there is none (creating nothing)."""
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        return None
+    ckpts = Checkpoints(workdir)
+    step = ckpts.latest_step()
+    ckpts.close()
+    return step
+
+
+def abstract_state(init: Callable[[], Any]) -> Any:
+    """The shapes and dtypes of `init()`'s state, placed on the first device, without computing it.
+
+    Enough to restore a checkpoint into: compiling a big model's initialisers is among
+    the slowest things XLA:CPU does.
+    """
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
+                        jax.eval_shape(init))
+
+
+# ----------------------------------------------------------------------------------
+# The loop.
+
+@dataclasses.dataclass
+class Run:
+    """What a task hands the loop.
+
+    Attributes:
+      init: `() -> state`, the freshly initialised train state (traced; jit-able).
+      num_steps: length of the run.
+      make_steps: `num -> f(state, *data) -> (state, metrics)`, `num` steps in one
+        compiled call; metrics carry a trailing (num,) axis, including `loss` and
+        `grad_norm` (the divergence guard's inputs).
+      data: the arguments after `state` of the compiled steps (device arrays).
+      evaluate: `state -> record`, JSON-ready test metrics for `metrics.jsonl`.
+      finish: `(state, step) -> results`, the final results (and pictures); by
+        default `evaluate`.
+      schedule: the learning-rate schedule (logged as `lr`).
+      description: what is trained on what, for the first progress line.
+    """
+
+    init: Callable[[], Any]
+    num_steps: int
+    make_steps: Callable[[int], Callable]
+    data: Sequence[Any]
+    evaluate: Callable[[Any], dict[str, Any]]
+    schedule: Callable[[int], Any]
+    description: str
+    finish: Callable[[Any, int], dict[str, Any]] | None = None
+
+
+def _loggable(results: dict) -> dict:
+    """The entries of a results dict that go into `metrics.jsonl` (numbers and per-seed lists)."""
+    return {k: v for k, v in results.items()
+            if k not in ("step", "train_time_s") and isinstance(v, (int, float, list))}
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, build: Callable[[], Run],
+        print_fn: Callable[[str], None] = print) -> dict[str, Any]:
+    """Trains what `build()` describes, evaluating, logging and checkpointing; resumes if it can.
+
+    Args:
+      config: the experiment config (`batch_size`, `log_every`, `eval_every`,
+        `checkpoint_every`, `keep_checkpoints`, `steps_per_call` are the loop's).
+      workdir: where `checkpoints/`, `metrics.jsonl`, `config.json` and `results.json` go.
+      build: `() -> Run`, called after the workdir is known to be resumable.
+      print_fn: where progress lines go.
+
+    Returns:
+      The final results (`finish`'s, else `evaluate`'s), with `step` and `train_time_s`;
+      also written to `W/results.json`.
+    """
+    # ---------------------------------------------------------------- resumable? (before any work)
+    workdir = os.path.abspath(workdir)
+    start = latest_step(workdir)
+    if start is not None:
+        check_resumable(config, workdir)
+
+    # ---------------------------------------------------------------- data, model and optimiser
+    r = build()
+    finish = r.finish or (lambda state, step: r.evaluate(state))
+
+    # ---------------------------------------------------------------- workdir and restore
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create workdir {workdir}: {e.strerror}") from e
+    if not os.access(workdir, os.W_OK):
+        raise UserError(f"workdir {workdir} is not writable; pass another --workdir")
+    ckpts = Checkpoints(workdir, keep=config.get("keep_checkpoints", 3))
+    log = MetricsLog(workdir)
+    if start is not None:
+        state = ckpts.restore(start, abstract_state(r.init))
+        log.truncate_after(start)
+        print_fn(f"resumed from {ckpts.path(start)} at step {start}")
+    else:
+        state = jax.jit(r.init)()
+        start = 0
+        if os.path.exists(log.path):
+            os.remove(log.path)  # a log without a checkpoint belongs to no run we can continue
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json(indent=2))
+
+    # ---------------------------------------------------------------- compiled steps
+    num_steps = r.num_steps
+    chunk = max(1, min(config.get("steps_per_call", 1), num_steps))
+    step_chunk = r.make_steps(chunk)
+    step_one = r.make_steps(1) if chunk > 1 else step_chunk
+
+    # ---------------------------------------------------------------- loop
+    print_fn(f"training {r.description}: {num_steps} steps, batch {config.batch_size}, workdir {workdir}")
+    pending: list[dict] = []  # per-call metrics still on the device
+    fetched: list[dict] = []  # on the host, not yet logged
+    step = int(start)
+    last_saved = start if start else None
+    t_log, s_log, t0 = time.time(), step, time.time()
+
+    def crossed(prev, now, every):
+        return now // every > prev // every
+
+    def fetch() -> None:
+        """Brings the pending metrics to the host; stops on a non-finite loss or gradient."""
+        if not pending:
+            return
+        metrics = jax.device_get(jax.tree.map(lambda *a: jnp.concatenate(a, axis=-1), *pending))
+        pending.clear()
+        if not (np.all(np.isfinite(metrics["loss"])) and np.all(np.isfinite(metrics["grad_norm"]))):
+            kept = (f"the last good checkpoint is {ckpts.path(last_saved)}" if last_saved
+                    else "no checkpoint was written")
+            raise TrainingDiverged(f"non-finite loss or gradient at or before step {step}; {kept}")
+        fetched.append(metrics)
+
+    final = None
+    while step < num_steps:
+        num = chunk if num_steps - step >= chunk else 1
+        state, metrics = (step_chunk if num == chunk else step_one)(state, *r.data)
+        pending.append(metrics)
+        prev, step = step, step + num
+        done = step >= num_steps
+        record = {}
+        if crossed(prev, step, config.log_every) or done:
+            fetch()
+            keys = sorted((k for k in fetched[0] if k != "grad_norm"), key=lambda k: k != "loss")
+            for k in keys:  # mean over the window's steps, per replica
+                record.update(summarise(f"train_{k}", np.concatenate([m[k] for m in fetched], -1).mean(-1)))
+            fetched.clear()
+            record["lr"] = float(r.schedule(step - 1))
+            now = time.time()
+            rate = (step - s_log) / max(now - t_log, 1e-9)
+            t_log, s_log = now, step
+            eta = _fmt_duration((num_steps - step) / max(rate, 1e-9))
+            print_fn(f"step {step}/{num_steps}  {_fmt_metrics(record)}  {rate:.2f} steps/s  ETA {eta}")
+        if done:
+            final = finish(state, step)
+            record.update(_loggable(final))
+            print_fn(f"step {step}/{num_steps}  {_fmt_metrics(_loggable(final))}")
+        elif crossed(prev, step, config.eval_every):
+            evaluated = r.evaluate(state)
+            record.update(evaluated)
+            print_fn(f"step {step}/{num_steps}  {_fmt_metrics(evaluated)}")
+        # The log line goes first: a run killed before its checkpoint completes resumes
+        # from the previous checkpoint and drops the lines after it, so none is lost.
+        if record:
+            log.append({"step": step, **record})
+        if crossed(prev, step, config.checkpoint_every) or done:
+            fetch()  # never checkpoint a diverged state
+            ckpts.save(step, state)
+            last_saved = step
+    ckpts.close()
+
+    # ---------------------------------------------------------------- results
+    if final is None:  # resumed a finished run: its records are logged already
+        final = finish(state, step)
+    final = {"step": step, **final, "train_time_s": round(time.time() - t0, 2)}
+    path = os.path.join(workdir, "results.json")
+    with open(path, "w") as f:
+        json.dump(final, f, indent=2)
+    print_fn(f"done: {_fmt_metrics(_loggable(final))}; results in {path}")
+    return final
+
+
+def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, init: Callable[[], Any],
+                     finish: Callable[[Any, int], dict[str, Any]],
+                     print_fn: Callable[[str], None] = print) -> dict[str, Any]:
+    """Restores the latest checkpoint in `workdir` into `init`'s structure and scores it.
+
+    Writes `W/eval.json` with `finish(state, step)` and the step.
+    """
+    workdir = os.path.abspath(workdir)
+    step = latest_step(workdir)
+    if step is None:
+        raise UserError(f"no checkpoint in {workdir}; train first (--mode=train) or pass the run's --workdir")
+    check_resumable(config, workdir)
+    ckpts = Checkpoints(workdir)
+    state = ckpts.restore(step, abstract_state(init))
+    ckpts.close()
+    result = {"step": step, **finish(state, step)}
+    with open(os.path.join(workdir, "eval.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    print_fn(f"step {step}: {_fmt_metrics(_loggable(result))}")
+    return result
