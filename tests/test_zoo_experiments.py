@@ -9,7 +9,7 @@ import optax
 import pytest
 import tensorflow_datasets as tfds
 
-from experiments import cifar10, imagenet, zoo_digits, zoo_digits_table
+from experiments import cifar10, imagenet, zoo_digits
 from jaxdl import models, train
 from jaxdl.data import augment
 
@@ -34,7 +34,7 @@ def test_zoo_digits_summary_counts_the_models_parameters(arch):
 
 
 def test_zoo_digits_table_has_every_architecture_with_its_params():
-    config = zoo_digits_table.get_config()
+    config = zoo_digits.get_config("all")
     rows = [row for _, row in sorted(config.rows.items(), key=lambda r: r[1].index)]
     assert [row.labels.model for row in rows] == list(zoo_digits.ARCHS)
     for row in rows:
