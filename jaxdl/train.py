@@ -81,6 +81,53 @@ def _logits(output):
     return output[0] if isinstance(output, tuple) else output
 
 
+def gradient_step(state: TrainState, x: jax.Array, loss_of_output: Callable) -> tuple[TrainState, Any]:
+    """One optimiser step of any task: forward in training mode, loss, backward, update.
+
+    The forward pass gets this step's dropout key and updates batch-norm statistics
+    when the model has them.
+
+    Args:
+      state: one replica's state.
+      x: the model's input batch.
+      loss_of_output: `output -> (scalar loss, aux)`.
+
+    Returns:
+      The new state and `(loss, aux, grad_norm)`.
+    """
+    dropout_key = jax.random.fold_in(jax.random.fold_in(state.key, _DROPOUT), state.step)
+
+    def loss_fn(params):
+        variables = {**state.variables(), "params": params}
+        mutable = ["batch_stats"] if state.batch_stats else False
+        out = state.apply_fn(variables, x, train=True, rngs={"dropout": dropout_key}, mutable=mutable)
+        out, updates = out if mutable else (out, {})
+        loss, aux = loss_of_output(out)
+        return loss, (aux, updates)
+
+    (loss, (aux, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    opt_updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    new_state = state.replace(
+        step=state.step + 1, params=optax.apply_updates(state.params, opt_updates),
+        opt_state=opt_state, batch_stats=updates.get("batch_stats", state.batch_stats))
+    return new_state, (loss, aux, optax.tree.norm(grads))
+
+
+def classification_loss(output, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Mean cross-entropy of `output` (logits (B, K), or GoogLeNet's `(logits, (aux1, aux2))`).
+
+    Auxiliary logits add their cross-entropies with the paper's weight 0.3
+    (`jaxdl.models.aux_weighted_loss`). Returns the loss and the main logits.
+    """
+    def ce(logits):
+        return losses.softmax_cross_entropy(logits, labels).mean()
+
+    if isinstance(output, tuple):
+        logits, aux = output
+        return models.aux_weighted_loss(ce(logits), [ce(a) for a in aux]), logits
+    return ce(output), output
+
+
 def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
     """One minibatch SGD step: forward, cross-entropy, backward, optimiser update.
 
@@ -91,27 +138,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainSta
     Returns:
       The new state and {loss, accuracy, grad_norm} of this minibatch.
     """
-    xb, yb = batch["x"], batch["y"]
-    dropout_key = jax.random.fold_in(jax.random.fold_in(state.key, _DROPOUT), state.step)
-
-    def loss_fn(params):
-        variables = {**state.variables(), "params": params}
-        mutable = ["batch_stats"] if state.batch_stats else False
-        out = state.apply_fn(variables, xb, train=True, rngs={"dropout": dropout_key},
-                             mutable=mutable)
-        out, updates = out if mutable else (out, {})
-        logits = _logits(out)
-        loss = losses.softmax_cross_entropy(logits, yb).mean()
-        return loss, (logits, updates)
-
-    (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    opt_updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-    new_state = state.replace(
-        step=state.step + 1, params=optax.apply_updates(state.params, opt_updates),
-        opt_state=opt_state, batch_stats=updates.get("batch_stats", state.batch_stats))
-    metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == yb),
-               "grad_norm": optax.tree.norm(grads)}
-    return new_state, metrics
+    yb = batch["y"]
+    state, (loss, logits, grad_norm) = gradient_step(state, batch["x"], lambda out: classification_loss(out, yb))
+    return state, {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == yb), "grad_norm": grad_norm}
 
 
 def train_steps(state: TrainState, x: jax.Array, y: jax.Array, *, batch_size: int,
@@ -193,6 +222,27 @@ def make_model(model_config: ml_collections.ConfigDict, num_classes: int):
         return cls(num_classes=num_classes, **kwargs)
     except TypeError as e:
         raise UserError(f"model {name!r} does not take these model fields: {e}") from e
+
+
+def make_backbone(spec: dict, field: str = "model.backbone"):
+    """A zoo model used only for its named features (detection and segmentation heads).
+
+    `spec` is `{"name": zoo model, **its fields}`. The classifier output is unused: one
+    class (and, for AlexNet/VGG, dense layers of width 1) keeps its parameters
+    negligible, where VGG-16's fc6 alone would hold 100M at 300×300.
+    """
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(spec).items()}
+    name = fields.pop("name")
+    if name not in models.__all__:
+        raise unknown_name("backbone", name, models.__all__, f"{field}.name")
+    cls = getattr(models, name)
+    try:
+        try:
+            return cls(num_classes=1, hidden=1, **fields)
+        except TypeError:
+            return cls(num_classes=1, **fields)
+    except TypeError as e:
+        raise UserError(f"backbone {name!r} does not take these {field} fields: {e}") from e
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:

@@ -339,3 +339,30 @@ def test_lrn_gradient(key):
     a = jax.random.normal(key, (1, 2, 2, 6))
     jax.test_util.check_grads(partial(local_response_norm, k=1.0, n=3, alpha=0.5), (a,),
                               order=1, modes=("rev",), atol=1e-2, rtol=1e-2)
+
+
+def test_framework_train_step_weights_googlenets_aux_losses(key):
+    """jaxdl.train.train_step's loss is main CE + 0.3 · (aux1 CE + aux2 CE), and the aux heads learn."""
+    from jaxdl import train
+
+    model = _GoogLeNetTiny(num_classes=10, aux_logits=True)
+    x = jax.random.normal(key, (4, 32, 32, 3))
+    y = jnp.arange(4) % 10
+    state = train.create_state(key, model, optax.sgd(0.05), x[:1])
+    rng = jax.random.fold_in(jax.random.fold_in(state.key, train._DROPOUT), state.step)
+    variables = state.variables()
+    mutable = ["batch_stats"] if state.batch_stats else False
+    out = model.apply(variables, x, train=True, rngs={"dropout": rng}, mutable=mutable)
+    logits, aux = out[0] if mutable else out
+
+    def ce(z):
+        logp = np.asarray(jax.nn.log_softmax(z))
+        return -logp[np.arange(4), np.asarray(y)].mean()
+
+    new, metrics = jax.jit(train.train_step)(state, {"x": x, "y": y})
+    np.testing.assert_allclose(metrics["loss"], ce(logits) + 0.3 * (ce(aux[0]) + ce(aux[1])), rtol=1e-5)
+    aux_params = {k: v for k, v in state.params.items() if k.startswith("aux")}
+    assert aux_params, "the tiny GoogLeNet has auxiliary heads"
+    moved = jax.tree.leaves(jax.tree.map(lambda a, b: bool(jnp.any(a != b)),
+                                         aux_params, {k: new.params[k] for k in aux_params}))
+    assert all(moved)

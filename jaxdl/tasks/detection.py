@@ -27,21 +27,16 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
-from jaxdl import loop, models
+from jaxdl import loop
 from jaxdl import optim as optim_lib
 from jaxdl.data import scenes
 from jaxdl.detection import boxes as boxes_lib
 from jaxdl.detection import loss as loss_lib
 from jaxdl.detection import metrics as metrics_lib
 from jaxdl.detection import ssd as ssd_lib
-from jaxdl.errors import UserError, unknown_name
-from jaxdl.train import TrainState, create_state
-
-# The key streams of `jaxdl.loop` (fold_in of the replica key).
-_DROPOUT = loop.DROPOUT
-
+from jaxdl.errors import UserError
+from jaxdl.train import TrainState, create_state, gradient_step, make_backbone
 
 # ----------------------------------------------------------------------------------
 # Config → objects.
@@ -49,21 +44,7 @@ _DROPOUT = loop.DROPOUT
 def make_model(config: ml_collections.ConfigDict, num_classes: int) -> ssd_lib.SSD:
     """The SSD of `config.model` over its zoo backbone, for K = `num_classes`."""
     m = config.model
-    fields = m.backbone.to_dict()
-    name = fields.pop("name")
-    if name not in models.__all__:
-        raise unknown_name("backbone", name, models.__all__, "model.backbone.name")
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
-    cls = getattr(models, name)
-    # The classifier output is unused: K=1 (and, for VGG, fc6/fc7 of width 1) keeps its
-    # parameters negligible, where VGG-16's fc6 alone would hold 100M at 300×300.
-    try:
-        try:
-            backbone = cls(num_classes=1, hidden=1, **fields)
-        except TypeError:
-            backbone = cls(num_classes=1, **fields)
-    except TypeError as e:
-        raise UserError(f"backbone {name!r} does not take these model.backbone fields: {e}") from e
+    backbone = make_backbone(m.backbone.to_dict())
     ratios = [tuple(r) for r in m.anchors.aspect_ratios]
     return ssd_lib.SSD(backbone=backbone, num_classes=num_classes, sources=tuple(m.sources),
                        anchors_per_cell=tuple(boxes_lib.anchors_per_cell(r) for r in ratios),
@@ -136,24 +117,12 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, anchors: jax.A
     Returns:
       The new state and {loss, conf, loc, positives, accuracy, grad_norm}.
     """
-    x = _inputs(batch["images"], mean, std)
-    dropout_key = jax.random.fold_in(jax.random.fold_in(state.key, _DROPOUT), state.step)
+    def loss_of_output(out):
+        return loss_lib.ssd_loss(out["logits"], out["deltas"], batch["boxes"], batch["labels"],
+                                 batch["mask"], anchors, **loss_kwargs)
 
-    def loss_fn(params):
-        variables = {**state.variables(), "params": params}
-        mutable = ["batch_stats"] if state.batch_stats else False
-        out = state.apply_fn(variables, x, train=True, rngs={"dropout": dropout_key}, mutable=mutable)
-        out, updates = out if mutable else (out, {})
-        loss, aux = loss_lib.ssd_loss(out["logits"], out["deltas"], batch["boxes"], batch["labels"],
-                                      batch["mask"], anchors, **loss_kwargs)
-        return loss, (aux, updates)
-
-    (loss, (aux, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    opt_updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-    new_state = state.replace(
-        step=state.step + 1, params=optax.apply_updates(state.params, opt_updates),
-        opt_state=opt_state, batch_stats=updates.get("batch_stats", state.batch_stats))
-    return new_state, {"loss": loss, **aux, "grad_norm": optax.tree.norm(grads)}
+    new_state, (loss, aux, grad_norm) = gradient_step(state, _inputs(batch["images"], mean, std), loss_of_output)
+    return new_state, {"loss": loss, **aux, "grad_norm": grad_norm}
 
 
 def train_steps(state: TrainState, data: dict[str, jax.Array], *, batch_size: int, num: int,

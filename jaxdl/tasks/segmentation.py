@@ -25,9 +25,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
-from jaxdl import loop, models
+from jaxdl import loop
 from jaxdl import optim as optim_lib
 from jaxdl.errors import UserError, unknown_name
 from jaxdl.segmentation import augment as augment_lib
@@ -35,11 +34,7 @@ from jaxdl.segmentation import data as seg_data
 from jaxdl.segmentation import losses as losses_lib
 from jaxdl.segmentation import metrics as metrics_lib
 from jaxdl.segmentation import models as seg_models
-from jaxdl.train import TrainState, create_state
-
-# The key streams of `jaxdl.loop` (fold_in of the replica key).
-_DROPOUT = loop.DROPOUT
-
+from jaxdl.train import TrainState, create_state, gradient_step, make_backbone
 
 # ----------------------------------------------------------------------------------
 # Config → objects.
@@ -53,21 +48,7 @@ def make_model(config: ml_collections.ConfigDict, num_classes: int):
     spec = fields.pop("backbone", None)
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
     if spec:
-        spec = dict(spec)
-        bname = spec.pop("name")
-        if bname not in models.__all__:
-            raise unknown_name("backbone", bname, models.__all__, "model.backbone.name")
-        spec = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()}
-        cls = getattr(models, bname)
-        # Only the feature maps are used: a 1-class classifier (and 1-wide VGG fc6/fc7)
-        # keeps the unused parameters negligible.
-        try:
-            try:
-                fields["backbone"] = cls(num_classes=1, hidden=1, **spec)
-            except TypeError:
-                fields["backbone"] = cls(num_classes=1, **spec)
-        except TypeError as e:
-            raise UserError(f"backbone {bname!r} does not take these model.backbone fields: {e}") from e
+        fields["backbone"] = make_backbone(spec)
     elif name != "UNet":
         raise UserError(f"{name} needs a VGG backbone; set model.backbone.name, e.g. 'VGG16'")
     if fields.get("upsample", "bilinear") not in seg_models.UPSAMPLING:
@@ -108,26 +89,15 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, ignore_label: 
     Returns:
       The new state and {loss, accuracy (of the counted pixels), grad_norm}.
     """
-    x = _inputs(batch["images"], mean, std)
     y = batch["masks"].astype(jnp.int32)
-    dropout_key = jax.random.fold_in(jax.random.fold_in(state.key, _DROPOUT), state.step)
 
-    def loss_fn(params):
-        variables = {**state.variables(), "params": params}
-        mutable = ["batch_stats"] if state.batch_stats else False
-        out = state.apply_fn(variables, x, train=True, rngs={"dropout": dropout_key}, mutable=mutable)
-        logits, updates = out if mutable else (out, {})
-        loss = losses_lib.pixel_cross_entropy(logits, y, ignore_label, class_weights)
-        return loss, (logits, updates)
+    def loss_of_output(logits):
+        return losses_lib.pixel_cross_entropy(logits, y, ignore_label, class_weights), logits
 
-    (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    opt_updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-    new_state = state.replace(
-        step=state.step + 1, params=optax.apply_updates(state.params, opt_updates),
-        opt_state=opt_state, batch_stats=updates.get("batch_stats", state.batch_stats))
+    new_state, (loss, logits, grad_norm) = gradient_step(state, _inputs(batch["images"], mean, std), loss_of_output)
     valid = y != ignore_label
     accuracy = jnp.sum((jnp.argmax(logits, -1) == y) & valid) / jnp.maximum(jnp.sum(valid), 1)
-    return new_state, {"loss": loss, "accuracy": accuracy, "grad_norm": optax.tree.norm(grads)}
+    return new_state, {"loss": loss, "accuracy": accuracy, "grad_norm": grad_norm}
 
 
 def train_steps(state: TrainState, data: dict[str, jax.Array], *, batch_size: int, num: int,
