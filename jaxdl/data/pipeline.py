@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import tensorflow_datasets as tfds
 
+from jaxdl import progress
 from jaxdl.data.builders import OFFLINE_BUILDERS
 from jaxdl.errors import UserError
 
@@ -65,7 +66,8 @@ def _offline_builder(name: str, directory: str) -> tfds.core.DatasetBuilder:
     if not builder.is_prepared():
         # TFDS writes into an `incomplete.*` folder and renames it when done, so an
         # interrupted preparation leaves nothing that a rerun would mistake for data.
-        builder.download_and_prepare(file_format="array_record")
+        with progress.tfds_bars():
+            builder.download_and_prepare(file_format="array_record")
     return builder
 
 
@@ -94,7 +96,8 @@ def data_source(name: str, split: str, directory: str | None = None, download: b
         raise UserError(f"unknown dataset {name!r} (dataset.name); offline datasets: "
                         f"{', '.join(offline_names())}, or a TFDS catalogue name") from e
     if download and not builder.is_prepared():
-        builder.download_and_prepare(file_format="array_record")
+        with progress.tfds_bars():
+            builder.download_and_prepare(file_format="array_record")
     try:
         # Fails at once when nothing is prepared; TFDS's own download path would retry
         # for minutes on a machine without internet.
