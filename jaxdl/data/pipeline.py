@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -84,7 +85,8 @@ def is_offline(name: str) -> bool:
     return name.partition("/")[0] in OFFLINE_BUILDERS
 
 
-def data_source(name: str, split: str, directory: str | None = None, download: bool = False):
+def data_source(name: str, split: str, directory: str | None = None,
+                download: bool = False) -> tuple[Any, tfds.core.DatasetInfo]:
     """A random-access TFDS data source for `name`/`split`, plus the dataset's info."""
     directory = data_dir(directory)
     if is_offline(name):

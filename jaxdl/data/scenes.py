@@ -302,7 +302,7 @@ def _scene_source(name: str, split: str, directory: str | None, options: dict):
 
 def load_scenes(name: str, split: str, directory: str | None = None, download: bool = False,
                 image_size: int | None = None, max_boxes: int | None = None,
-                dtype=np.float32, options: dict | None = None) -> SceneDataset:
+                dtype: np.dtype | type = np.float32, options: dict | None = None) -> SceneDataset:
     """Reads a split of a detection dataset into padded arrays.
 
     Args:
