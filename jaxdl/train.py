@@ -26,7 +26,7 @@ import numpy as np
 import optax
 
 from jaxdl import data as data_lib
-from jaxdl import loop, losses, models
+from jaxdl import loop, losses, models, progress
 from jaxdl import optim as optim_lib
 from jaxdl.data import augment as augment_lib
 from jaxdl.errors import UserError, unknown_name
@@ -159,7 +159,7 @@ def eval_step(state: TrainState, x: jax.Array, y: jax.Array,
 def evaluate(eval_fn: Callable, states: TrainState, batches: Any) -> dict[str, np.ndarray]:
     """Mean test loss and accuracy per replica (K,) over padded device batches."""
     totals = None
-    for xb, yb, mb in batches:
+    for xb, yb, mb in progress.track(batches, desc="eval"):
         sums = eval_fn(states, xb, yb, mb)
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = jax.device_get(totals)

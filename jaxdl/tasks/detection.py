@@ -29,7 +29,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxdl import loop, models
+from jaxdl import loop, models, progress
 from jaxdl import optim as optim_lib
 from jaxdl.data import scenes
 from jaxdl.detection import boxes as boxes_lib
@@ -187,7 +187,7 @@ def detections(predict_fn: Callable, state: TrainState, images: np.ndarray,
     n = len(images)
     batch_size = min(batch_size, n)
     outs = []
-    for i in range(0, n, batch_size):
+    for i in progress.track(range(0, n, batch_size), desc="detect"):
         xb = images[i:i + batch_size]
         pad = batch_size - len(xb)
         if pad:

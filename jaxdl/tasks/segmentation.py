@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxdl import loop, models
+from jaxdl import loop, models, progress
 from jaxdl import optim as optim_lib
 from jaxdl.errors import UserError, unknown_name
 from jaxdl.segmentation import augment as augment_lib
@@ -174,7 +174,7 @@ def evaluate(eval_fn: Callable, state: TrainState, ds: seg_data.SegmentationData
     k = ds.num_classes
     confusion = np.zeros((k, k), np.int64)
     loss_sum, pixels, kept = 0.0, 0, []
-    for i in range(0, n, batch_size):
+    for i in progress.track(range(0, n, batch_size), desc="eval"):
         xb, yb = ds.images[i:i + batch_size], ds.masks[i:i + batch_size]
         pad = batch_size - len(xb)
         if pad:
