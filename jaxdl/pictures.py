@@ -304,7 +304,7 @@ def filters(kernel: np.ndarray, path: str, input_shape: tuple[int, ...] | None =
 
 
 def feature_maps(x: np.ndarray, output: np.ndarray, layer: str, path: str, max_maps: int = 16) -> str:
-    """One input and one layer's output for it.
+    """One input and one layer's output for it (a module's output: before the activation that follows it).
 
     Args:
       x: the input, no batch axis: (H, W, C) an image, (W, C) a signal.
