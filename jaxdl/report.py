@@ -31,7 +31,8 @@ CAPTIONS = {
     "confusion_matrix.png": "Confusion matrix on the test split (replica 0).",
     "filters.png": "The first layer's kernels (or a dense first layer's weights in the input's shape).",
     "feature_maps.png": "One layer's output for one test input (`pictures.layer`, `pictures.example`).",
-    "edges.png": "Convolution on a photograph: hand-set edge kernels, and the model's learnt first-layer kernels.",
+    "edges.png": "Convolution on a photograph: hand-set edge kernels and, below them when the model's first "
+                 "layer is a convolution, its learnt kernels.",
     "padding.png": "Zero against replicate padding: a 15×15 mean filter at the image border.",
     "pooling.png": "Max, average and weighted-average pooling of the same feature map.",
 }
@@ -70,7 +71,7 @@ def _read_json(path: str) -> Any:
 
 
 def make_pictures(config: ml_collections.ConfigDict, workdir: str,
-                  print_fn: Callable[[str], None] = print) -> list[str]:
+                  print_fn: Callable[[str], None] = print, strict: bool = True) -> list[str]:
     """Draws every picture the run's task can make into `W/pictures/`; returns their paths.
 
     Learning curves come from `metrics.jsonl`; the task's own pictures (confusion
@@ -78,8 +79,12 @@ def make_pictures(config: ml_collections.ConfigDict, workdir: str,
     the lecture's photograph pictures from nothing but the model's first layer, and
     without a model from the hand-set kernels alone.
 
+    Args:
+      strict: raise when the task's own pictures cannot be drawn (no checkpoint yet);
+        otherwise say why and draw the rest.
+
     Raises:
-      UserError: `workdir` holds no run, or the task's pictures need a checkpoint it lacks.
+      UserError: `workdir` holds no run, or (strict) the task's pictures need a checkpoint it lacks.
     """
     workdir = os.path.abspath(workdir)
     if not has_run(workdir):
@@ -91,9 +96,16 @@ def make_pictures(config: ml_collections.ConfigDict, workdir: str,
     curves = pictures_lib.learning_curves(records, os.path.join(directory, "learning_curves.png"))
     if curves:
         paths.append(curves)
+    drawn = False
     if hasattr(task, "pictures"):
-        paths += task.pictures(config, workdir, print_fn=print_fn)
-    else:
+        try:
+            paths += task.pictures(config, workdir, print_fn=print_fn)
+            drawn = True
+        except UserError as e:
+            if strict:
+                raise
+            print_fn(f"no pictures of the model: {e}")
+    if not drawn:
         paths += pictures_lib.lecture_pictures(directory)
     print_fn(f"{len(paths)} pictures in {directory}")
     return paths
@@ -275,7 +287,7 @@ def write_report(config: ml_collections.ConfigDict, workdir: str, print_fn: Call
     if not has_run(workdir):
         raise UserError(f"workdir {workdir} holds no run; train first, or pass the run's --workdir")
     if pictures:
-        make_pictures(config, workdir, print_fn)
+        make_pictures(config, workdir, print_fn, strict=False)
     summary, note = model_summary(config, workdir)
     blocks = _blocks(config, workdir, summary, note)
     md, page = os.path.join(workdir, "report.md"), os.path.join(workdir, "report.html")

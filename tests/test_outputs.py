@@ -241,6 +241,23 @@ def test_report_mode_reads_the_run_from_its_workdir(run, tmp_path):
     assert page.startswith("<!DOCTYPE html>") and "<table>" in page and "http" not in page
 
 
+def test_a_report_without_a_checkpoint_says_why_its_model_pictures_are_missing(run, tmp_path):
+    from jaxdl import report
+
+    workdir = tmp_path / "w"
+    shutil.copytree(run[0], workdir)
+    shutil.rmtree(workdir / "checkpoints")
+    shutil.rmtree(workdir / "pictures")
+    lines = []
+    report.write_report(report.workdir_config(str(workdir)), str(workdir), print_fn=lines.append)
+    assert any(line.startswith("no pictures of the model: no checkpoint in") for line in lines), lines
+    assert sorted(os.listdir(workdir / "pictures")) == ["edges.png", "learning_curves.png", "padding.png",
+                                                        "pooling.png"]
+    assert "](pictures/learning_curves.png)" in (workdir / "report.md").read_text()
+    with pytest.raises(UserError, match="no checkpoint"):
+        report.make_pictures(report.workdir_config(str(workdir)), str(workdir), print_fn=lines.append)
+
+
 @pytest.mark.parametrize("mode", ["report", "pictures"])
 def test_report_on_a_workdir_without_a_run_is_one_line(tmp_path, mode):
     proc = launch(f"--workdir={tmp_path}", f"--mode={mode}", timeout=60)
