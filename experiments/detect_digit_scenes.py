@@ -7,7 +7,8 @@ Measured on a 2-core CPU shared with other jobs (load average about 5): test mAP
 whole command: 45 s to prepare `digit_scenes/train20k` on first use, 6 min 44 s for the
 2,000 steps of 32 scenes, then the evaluation and 8 pictures in `W/pictures/`. The test
 scenes hold only digits of the `digits` test split, written by people the detector
-never saw. From scratch; Adam with a cosine schedule.
+never saw. From scratch; Adam with a cosine schedule. Rerun on a fresh data dir at a
+load average of about 8: the same mAPs (0.9272, 0.6593) in 8 min 18 s (4 min 37 s of CPU).
 """
 import ml_collections
 

@@ -160,7 +160,7 @@ def _fmt_duration(seconds: float) -> str:
 
 def _fmt_metrics(record: dict) -> str:
     """The record's scalar means as `name value` pairs (no std or per-seed entries)."""
-    return "  ".join(f"{k.removeprefix('train_').replace('_', ' ')} {v:.4f}" for k, v in record.items()
+    return "  ".join(f"{k.removeprefix('train_')} {v:.4f}" for k, v in record.items()
                      if isinstance(v, float) and not k.endswith("_std") and k not in ("lr", "step"))
 
 
