@@ -3,6 +3,9 @@
 Only --config, --workdir and --mode are flags; everything else is a config override,
 e.g. `--config.optim.lr=0.05`. With no flags it trains the MNIST-1D CNN
 (`experiments/mnist1d.py:cnn`) on offline data.
+
+Modes that read a finished run (`eval`, `pictures`, `report`) take its own
+`W/config.json` when `--config` is not given: `python launch.py --workdir=W --mode=report`.
 """
 import os
 import sys
@@ -12,7 +15,9 @@ from ml_collections import config_flags
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CONFIG = os.path.join(HERE, "experiments", "mnist1d.py") + ":cnn"
-MODES = ("train", "eval", "summary", "show")
+MODES = ("train", "eval", "summary", "show", "pictures", "report")
+# Modes that read a finished run: without --config they take the run's own W/config.json.
+WORKDIR_MODES = ("eval", "pictures", "report")
 # What ml_collections raises for an override of a field the config does not have.
 OVERRIDE_ERRORS = (KeyError, AttributeError, ValueError, TypeError)
 
@@ -40,7 +45,8 @@ except OVERRIDE_ERRORS as e:
 flags.DEFINE_string("workdir", None, "Where checkpoints and logs go (default: runs/<config name>).")
 flags.DEFINE_enum("mode", "train", MODES, "train: train (resuming from the workdir); "
                   "eval: evaluate the workdir's latest checkpoint; summary: print the model's "
-                  "layers and parameter counts; show: print the config.")
+                  "layers and parameter counts; show: print the config; pictures: draw the run's "
+                  "pictures in W/pictures; report: pictures, then W/report.md and W/report.html.")
 FLAGS = flags.FLAGS
 
 
@@ -70,14 +76,14 @@ def default_workdir() -> str:
     return os.path.join("runs", name)
 
 
-def main(argv):
+def main(argv: list[str]) -> None:
     if len(argv) > 1:
         _fail(f"unexpected arguments {argv[1:]}; config values are set as --config.a.b=value")
     if not FLAGS["verbosity"].present:  # libraries' INFO logs drown the progress lines
         logging.set_verbosity(logging.WARNING)
     import jax
 
-    from jaxdl import tasks
+    from jaxdl import report, tasks
     from jaxdl.errors import UserError
     from jaxdl.loop import TrainingDiverged
 
@@ -86,14 +92,32 @@ def main(argv):
         print(config)
         return
     workdir = FLAGS.workdir or default_workdir()
+    source = config_flags.get_config_filename(FLAGS["config"])
+    if FLAGS.mode in WORKDIR_MODES and not FLAGS["config"].present:
+        if any(a.startswith("--config.") for a in sys.argv[1:]):
+            _fail(f"--config.* overrides need --config with --mode={FLAGS.mode}; without it the run's own "
+                  f"{os.path.join(workdir, 'config.json')} is used as it is")
+        try:
+            config = report.workdir_config(workdir)
+        except UserError as e:
+            _fail(str(e))
+        source = os.path.join(workdir, "config.json")
     print(f"jaxdl: {jax.device_count()} {jax.devices()[0].platform} device(s); "
-          f"config {config_flags.get_config_filename(FLAGS['config'])}; workdir {workdir}", flush=True)
+          f"config {source}; workdir {workdir}", flush=True)
     try:
+        if FLAGS.mode == "pictures":
+            report.make_pictures(config, workdir)
+            return
+        if FLAGS.mode == "report":
+            report.write_report(config, workdir)
+            return
         task = tasks.get(config.get("task", "classification"))
         run = {"train": "train_and_evaluate", "eval": "evaluate_workdir", "summary": "summary"}
         if not hasattr(task, run[FLAGS.mode]):
             _fail(f"--mode={FLAGS.mode} is not available for task {config.task!r}; use --mode=train")
         getattr(task, run[FLAGS.mode])(config, workdir)
+        if FLAGS.mode == "train":  # the loop drew the pictures; the report puts them on one page
+            report.write_report(config, workdir, pictures=False)
     except UserError as e:
         _fail(str(e))
     except TrainingDiverged as e:

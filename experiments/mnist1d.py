@@ -61,4 +61,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.optim.weight_decay = WEIGHT_DECAY[model]
     config.optim.schedule = "constant"
     config.optim.warmup_steps = 0
+
+    # What `W/pictures/feature_maps.png` shows (jaxdl.pictures): a layer's path as
+    # --mode=summary lists it (default: the first layer with a kernel) and a test example.
+    config.pictures = ml_collections.ConfigDict()
+    config.pictures.layer = ml_collections.config_dict.placeholder(str)
+    config.pictures.example = 0
     return config

@@ -173,6 +173,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.optim.weight_decay = 5e-4
     config.optim.schedule = "cosine"
     config.optim.warmup_steps = 50
+
+    # What `W/pictures/feature_maps.png` shows (jaxdl.pictures): a layer's path as
+    # --mode=summary lists it (default: the first layer with a kernel) and a test example.
+    config.pictures = ml_collections.ConfigDict()
+    config.pictures.layer = ml_collections.config_dict.placeholder(str)
+    config.pictures.example = 0
     for key, value in knobs.items():
         node, _, field = key.rpartition(".")
         (config[node] if node else config)[field] = value

@@ -28,8 +28,11 @@ import ml_collections
 import numpy as np
 
 from jaxdl import data as data_lib
+from jaxdl import pictures as pictures_lib
+from jaxdl import progress
 from jaxdl.checkpoint import Checkpoints
 from jaxdl.errors import UserError
+from jaxdl.tensorboard import EventLog
 
 # Streams derived from a replica's key with fold_in: never reuse one for two purposes.
 INIT, DATA, DROPOUT, AUGMENT = 0, 1, 2, 3
@@ -42,8 +45,8 @@ class TrainingDiverged(RuntimeError):
 # ----------------------------------------------------------------------------------
 # Steps on a device-resident train set.
 
-def scan_steps(state, data: dict[str, jax.Array], step_fn: Callable, *, batch_size: int, num: int,
-               unroll: bool, augment_fn: Callable | None = None):
+def scan_steps(state: Any, data: dict[str, jax.Array], step_fn: Callable, *, batch_size: int, num: int,
+               unroll: bool, augment_fn: Callable | None = None) -> tuple[Any, dict[str, jax.Array]]:
     """`num` consecutive calls of `step_fn(state, batch)` on minibatches gathered inside jit.
 
     Step s trains on the rows `jaxdl.data.batch_indices(fold_in(key, DATA), s, N, B)` of
@@ -109,7 +112,7 @@ def num_train_steps(config: ml_collections.ConfigDict, num_examples: int) -> int
     return int(config.num_steps)
 
 
-def check_batch_size(config: ml_collections.ConfigDict, num_examples: int, what: str = "training examples"):
+def check_batch_size(config: ml_collections.ConfigDict, num_examples: int, what: str = "training examples") -> None:
     if config.batch_size > num_examples:
         raise UserError(f"batch_size {config.batch_size} is larger than the {num_examples} {what} of "
                         f"{config.dataset.name!r}; lower --config.batch_size")
@@ -140,7 +143,7 @@ class MetricsLog:
         os.replace(tmp, self.path)
 
 
-def summarise(name: str, values) -> dict[str, Any]:
+def summarise(name: str, values: Any) -> dict[str, Any]:
     """Mean over replicas, plus std and per-replica values when there are several."""
     values = np.asarray(values, np.float64).reshape(-1)
     out = {name: float(values.mean())}
@@ -236,6 +239,8 @@ class Run:
         default `evaluate`.
       schedule: the learning-rate schedule (logged as `lr`).
       description: what is trained on what, for the first progress line.
+      pictures: `state -> paths`, draws the final state's pictures into `W/pictures/`
+        (the loop adds the learning curves and sends every picture to TensorBoard).
     """
 
     init: Callable[[], Any]
@@ -246,6 +251,7 @@ class Run:
     schedule: Callable[[int], Any]
     description: str
     finish: Callable[[Any, int], dict[str, Any]] | None = None
+    pictures: Callable[[Any], Any] | None = None
 
 
 def _loggable(results: dict) -> dict:
@@ -299,6 +305,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, build: Callable[[], Run
             os.remove(log.path)  # a log without a checkpoint belongs to no run we can continue
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json(indent=2))
+    events = EventLog(workdir, log.read())  # TensorBoard's copy of metrics.jsonl, cut back with it
 
     # ---------------------------------------------------------------- compiled steps
     num_steps = r.num_steps
@@ -308,6 +315,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, build: Callable[[], Run
 
     # ---------------------------------------------------------------- loop
     print_fn(f"training {r.description}: {num_steps} steps, batch {config.batch_size}, workdir {workdir}")
+    bar = progress.Bar(num_steps, initial=int(start), print_fn=print_fn)
+    print_fn = bar.print
     pending: list[dict] = []  # per-call metrics still on the device
     fetched: list[dict] = []  # on the host, not yet logged
     step = int(start)
@@ -335,6 +344,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, build: Callable[[], Run
         state, metrics = (step_chunk if num == chunk else step_one)(state, *r.data)
         pending.append(metrics)
         prev, step = step, step + num
+        bar.update(num)
         done = step >= num_steps
         record = {}
         if crossed(prev, step, config.log_every) or done:
@@ -348,6 +358,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, build: Callable[[], Run
             rate = (step - s_log) / max(now - t_log, 1e-9)
             t_log, s_log = now, step
             eta = _fmt_duration((num_steps - step) / max(rate, 1e-9))
+            bar.postfix({"loss": record["train_loss"]})
             print_fn(f"step {step}/{num_steps}  {_fmt_metrics(record)}  {rate:.2f} steps/s  ETA {eta}")
         if done:
             final = finish(state, step)
@@ -361,21 +372,45 @@ def run(config: ml_collections.ConfigDict, workdir: str, build: Callable[[], Run
         # from the previous checkpoint and drops the lines after it, so none is lost.
         if record:
             log.append({"step": step, **record})
+            events.write({"step": step, **record})
         if crossed(prev, step, config.checkpoint_every) or done:
             fetch()  # never checkpoint a diverged state
             ckpts.save(step, state)
             last_saved = step
     ckpts.close()
+    bar.close()
 
     # ---------------------------------------------------------------- results
     if final is None:  # resumed a finished run: its records are logged already
         final = finish(state, step)
     final = {"step": step, **final, "train_time_s": round(time.time() - t0, 2)}
+
+    # ---------------------------------------------------------------- pictures (after the clock stops)
+    pictures = os.path.join(workdir, "pictures")
+    if r.pictures is not None:
+        r.pictures(state)
+    pictures_lib.learning_curves(log.read(), os.path.join(pictures, "learning_curves.png"))
+    events.pictures(step, pictures)
     path = os.path.join(workdir, "results.json")
     with open(path, "w") as f:
         json.dump(final, f, indent=2)
     print_fn(f"done: {_fmt_metrics(_loggable(final))}; results in {path}")
     return final
+
+
+def restore_latest(workdir: str, init: Callable[[], Any]) -> Any:
+    """The latest checkpoint in `workdir`, restored into `init`'s structure.
+
+    Raises:
+      UserError: `workdir` holds no checkpoint.
+    """
+    step = latest_step(workdir)
+    if step is None:
+        raise UserError(f"no checkpoint in {workdir}; train first (--mode=train) or pass the run's --workdir")
+    ckpts = Checkpoints(workdir)
+    state = ckpts.restore(step, abstract_state(init))
+    ckpts.close()
+    return state
 
 
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, init: Callable[[], Any],

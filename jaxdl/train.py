@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -25,7 +26,7 @@ import numpy as np
 import optax
 
 from jaxdl import data as data_lib
-from jaxdl import loop, losses, models
+from jaxdl import loop, losses, models, progress
 from jaxdl import optim as optim_lib
 from jaxdl.data import augment as augment_lib
 from jaxdl.errors import UserError, unknown_name
@@ -65,7 +66,7 @@ class TrainState(flax.struct.PyTreeNode):
         return {"params": self.params}
 
 
-def create_state(key: jax.Array, model, tx: optax.GradientTransformation,
+def create_state(key: jax.Array, model: Any, tx: optax.GradientTransformation,
                  sample_x: jax.Array) -> TrainState:
     """Initialises one replica from its key. `sample_x` is a (B, ...) input example."""
     init_key = jax.random.fold_in(key, _INIT)
@@ -184,10 +185,10 @@ def eval_step(state: TrainState, x: jax.Array, y: jax.Array,
             "count": jnp.sum(mask)}
 
 
-def evaluate(eval_fn, states: TrainState, batches) -> dict[str, np.ndarray]:
+def evaluate(eval_fn: Callable, states: TrainState, batches: Any) -> dict[str, np.ndarray]:
     """Mean test loss and accuracy per replica (K,) over padded device batches."""
     totals = None
-    for xb, yb, mb in batches:
+    for xb, yb, mb in progress.track(batches, desc="eval"):
         sums = eval_fn(states, xb, yb, mb)
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = jax.device_get(totals)
@@ -195,7 +196,7 @@ def evaluate(eval_fn, states: TrainState, batches) -> dict[str, np.ndarray]:
             "test_accuracy": totals["correct"] / totals["count"]}
 
 
-def eval_batches(ds: data_lib.ArrayDataset, batch_size: int):
+def eval_batches(ds: data_lib.ArrayDataset, batch_size: int) -> list[tuple[jax.Array, jax.Array, jax.Array]]:
     """The split as device arrays in fixed-size batches, the last padded and masked."""
     n = len(ds)
     batch_size = min(batch_size, n)
@@ -210,7 +211,7 @@ def eval_batches(ds: data_lib.ArrayDataset, batch_size: int):
 # ----------------------------------------------------------------------------------
 # Config → objects.
 
-def make_model(model_config: ml_collections.ConfigDict, num_classes: int):
+def make_model(model_config: ml_collections.ConfigDict, num_classes: int) -> Any:
     """Builds `getattr(jaxdl.models, model.name)(num_classes=K, **other model fields)`."""
     name = model_config.name
     cls = getattr(models, name, None) if name in models.__all__ else None
@@ -305,6 +306,25 @@ def _scorer(config: ml_collections.ConfigDict, test_ds: data_lib.ArrayDataset):
     return score
 
 
+def _pictures(config: ml_collections.ConfigDict, workdir: str, state: TrainState,
+              test_ds: data_lib.ArrayDataset) -> list[str]:
+    """The classifier's pictures of `state` in `W/pictures/` (`jaxdl.pictures`)."""
+    from jaxdl import pictures as pictures_lib
+
+    layer, example = pictures_lib.options(config)
+    return pictures_lib.classifier_pictures(os.path.join(workdir, "pictures"), state, test_ds.x, test_ds.y,
+                                            test_ds.num_classes, layer=layer, example=example)
+
+
+def pictures(config: ml_collections.ConfigDict, workdir: str,
+             print_fn: Callable[[str], None] = print) -> list[str]:
+    """Draws the pictures of the latest checkpoint in `workdir` (confusion matrix, filters, feature maps, …)."""
+    loop.check_resumable(config, workdir)
+    _, test_ds, _, init = _setup(config)
+    state = loop.restore_latest(workdir, init)
+    return _pictures(config, os.path.abspath(workdir), state, test_ds)
+
+
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str,
                      print_fn: Callable[[str], None] = print) -> dict[str, Any]:
     """Evaluates the latest checkpoint in `workdir` on the test split; writes `eval.json`."""
@@ -365,6 +385,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             init=init, num_steps=num_steps, make_steps=make_steps,
             data=(jax.device_put(train_ds.x), jax.device_put(train_ds.y)),
             evaluate=_scorer(config, test_ds), schedule=optim_lib.make_schedule(config.optim, num_steps),
+            pictures=lambda state: _pictures(config, os.path.abspath(workdir), state, test_ds),
             description=f"{config.model.name} on {config.dataset.name} ({config.num_seeds} seed(s))")
 
     return loop.run(config, workdir, build, print_fn)

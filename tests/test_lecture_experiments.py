@@ -23,7 +23,7 @@ def test_perceptron_learns_and_or_but_not_xor_and_the_mlp_learns_xor(tmp_path):
 def test_dmlp_digits_by_algorithm_4_1_reaches_95_percent(tmp_path):
     result = run(dmlp_digits.get_config(), tmp_path)
     assert result["test_accuracy"] >= 0.95
-    assert json.load(open(tmp_path / "results.json"))["test_accuracy"] == result["test_accuracy"]
+    assert json.loads((tmp_path / "results.json").read_text())["test_accuracy"] == result["test_accuracy"]
 
 
 def test_generations_table_over_seeds(tmp_path):

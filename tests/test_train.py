@@ -134,7 +134,7 @@ def test_one_train_step_on_mock_mnist(tmp_path):
         result = train.train_and_evaluate(config, str(tmp_path), print_fn=lambda s: None)
     assert result["step"] == 2 and 0.0 <= result["test_accuracy"] <= 1.0
     assert np.isfinite(result["test_loss"])
-    log = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    log = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2]
 
 
@@ -156,11 +156,11 @@ def test_training_learns_digits_and_writes_its_workdir(tmp_path):
     config.log_every, config.eval_every, config.checkpoint_every = 100, 150, 150
     result = train.train_and_evaluate(config, str(tmp_path), print_fn=lambda s: None)
     assert result["test_accuracy"] > 0.9
-    log = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    log = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [100, 150, 200, 300]
     assert {"train_loss", "train_accuracy", "lr"} <= set(log[0]) and "test_accuracy" in log[1]
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["150", "300"]
-    assert json.load(open(tmp_path / "results.json"))["test_accuracy"] == result["test_accuracy"]
+    assert json.loads((tmp_path / "results.json").read_text())["test_accuracy"] == result["test_accuracy"]
     evaluated = train.evaluate_workdir(config, str(tmp_path), print_fn=lambda s: None)
     assert evaluated["step"] == 300 and evaluated["test_accuracy"] == result["test_accuracy"]
     # Rerunning a finished run resumes at its end and changes nothing.
@@ -201,7 +201,7 @@ def test_table_task_writes_rows(tmp_path):
     from jaxdl.tasks import table
 
     out = table.train_and_evaluate(config, str(tmp_path), print_fn=lambda s: None)
-    rows = json.load(open(tmp_path / "results.json"))["rows"]
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
     assert rows == out["rows"]
     assert [(r["model"], r["shuffled"]) for r in rows] == [("logreg", False), ("cnn", True)]
     for r in rows:
@@ -273,13 +273,13 @@ def test_sigkill_and_rerun_resumes_to_the_same_result(tmp_path):
     rerun = launch(*args, workdir=workdir)
     assert rerun.returncode == 0, rerun.stderr
     assert "resumed from" in rerun.stdout
-    a = json.load(open(tmp_path / "ref" / "results.json"))
-    b = json.load(open(workdir / "results.json"))
+    a = json.loads((tmp_path / "ref" / "results.json").read_text())
+    b = json.loads((workdir / "results.json").read_text())
     assert a["test_accuracy"] == b["test_accuracy"] and a["test_loss"] == b["test_loss"]
     for x, y in zip(_params(tmp_path / "ref", 2000), _params(workdir, 2000)):
         np.testing.assert_array_equal(x, y)
-    steps = [json.loads(line)["step"] for line in open(workdir / "metrics.jsonl")]
-    ref_steps = [json.loads(line)["step"] for line in open(tmp_path / "ref" / "metrics.jsonl")]
+    steps = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    ref_steps = [json.loads(line)["step"] for line in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps)) == ref_steps
 
 

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import tensorflow_datasets as tfds
 
+from jaxdl import progress
 from jaxdl.data.builders import OFFLINE_BUILDERS
 from jaxdl.errors import UserError
 
@@ -65,7 +67,8 @@ def _offline_builder(name: str, directory: str) -> tfds.core.DatasetBuilder:
     if not builder.is_prepared():
         # TFDS writes into an `incomplete.*` folder and renames it when done, so an
         # interrupted preparation leaves nothing that a rerun would mistake for data.
-        builder.download_and_prepare(file_format="array_record")
+        with progress.tfds_bars():
+            builder.download_and_prepare(file_format="array_record")
     return builder
 
 
@@ -82,7 +85,8 @@ def is_offline(name: str) -> bool:
     return name.partition("/")[0] in OFFLINE_BUILDERS
 
 
-def data_source(name: str, split: str, directory: str | None = None, download: bool = False):
+def data_source(name: str, split: str, directory: str | None = None,
+                download: bool = False) -> tuple[Any, tfds.core.DatasetInfo]:
     """A random-access TFDS data source for `name`/`split`, plus the dataset's info."""
     directory = data_dir(directory)
     if is_offline(name):
@@ -94,7 +98,8 @@ def data_source(name: str, split: str, directory: str | None = None, download: b
         raise UserError(f"unknown dataset {name!r} (dataset.name); offline datasets: "
                         f"{', '.join(offline_names())}, or a TFDS catalogue name") from e
     if download and not builder.is_prepared():
-        builder.download_and_prepare(file_format="array_record")
+        with progress.tfds_bars():
+            builder.download_and_prepare(file_format="array_record")
     try:
         # Fails at once when nothing is prepared; TFDS's own download path would retry
         # for minutes on a machine without internet.

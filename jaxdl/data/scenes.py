@@ -28,6 +28,7 @@ import re
 import numpy as np
 import tensorflow_datasets as tfds
 
+from jaxdl import progress
 from jaxdl.errors import UserError
 
 # A pixel belongs to a digit's ink (box and mask) above this fraction of full intensity.
@@ -294,13 +295,14 @@ def _scene_source(name: str, split: str, directory: str | None, options: dict):
         raise UserError(f"dataset.options apply to 'digit_scenes' only, not {name!r}; remove them")
     builder = DigitScenes(data_dir=data_lib.data_dir(directory), file_format="array_record", **options)
     if not builder.is_prepared():
-        builder.download_and_prepare(file_format="array_record")
+        with progress.tfds_bars():
+            builder.download_and_prepare(file_format="array_record")
     return builder.as_data_source(split=split), builder.info
 
 
 def load_scenes(name: str, split: str, directory: str | None = None, download: bool = False,
                 image_size: int | None = None, max_boxes: int | None = None,
-                dtype=np.float32, options: dict | None = None) -> SceneDataset:
+                dtype: np.dtype | type = np.float32, options: dict | None = None) -> SceneDataset:
     """Reads a split of a detection dataset into padded arrays.
 
     Args:

@@ -6,7 +6,7 @@ Glossary: B batch, W length, C channels, K classes.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from jaxdl.nn.conv import Conv1D
 
 
-def torch_default_init(fan_in: int):
+def torch_default_init(fan_in: int) -> Callable:
     """PyTorch's default layer initialisation, which the paper's models were trained with.
 
     Weights and biases are uniform in ±1/√fan_in (kaiming_uniform with a=√5): a third of

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import partial
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -18,7 +19,7 @@ import numpy as np
 UPSAMPLING = ("bilinear", "learned")
 
 
-def bilinear_kernel(key, shape, dtype=jnp.float32) -> jax.Array:
+def bilinear_kernel(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
     """Transposed-convolution kernel (k, k, C, C) that starts as bilinear interpolation."""
     del key
     k, _, cin, cout = shape

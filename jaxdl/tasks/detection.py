@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxdl import loop
+from jaxdl import loop, progress
 from jaxdl import optim as optim_lib
 from jaxdl.data import scenes
 from jaxdl.detection import boxes as boxes_lib
@@ -105,7 +105,7 @@ def flip(key: jax.Array, images: jax.Array, boxes: jax.Array) -> tuple[jax.Array
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, anchors: jax.Array,
-               loss_kwargs: dict, mean=0.0, std=1.0) -> tuple[TrainState, dict[str, jax.Array]]:
+               loss_kwargs: dict, mean: Any = 0.0, std: Any = 1.0) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimiser step on SSD's loss.
 
     Args:
@@ -126,7 +126,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, anchors: jax.A
 
 
 def train_steps(state: TrainState, data: dict[str, jax.Array], *, batch_size: int, num: int,
-                unroll: bool, flip_images: bool = False, **step_kwargs):
+                unroll: bool, flip_images: bool = False,
+                **step_kwargs: Any) -> tuple[TrainState, dict[str, jax.Array]]:
     """`num` train steps on the device-resident train set, batches gathered inside jit.
 
     The data order of `jaxdl.loop.scan_steps`, each batch's images and boxes flipped
@@ -142,19 +143,20 @@ def train_steps(state: TrainState, data: dict[str, jax.Array], *, batch_size: in
 
 
 def predict(state: TrainState, images: jax.Array, *, anchors: jax.Array, detect_kwargs: dict,
-            variances=boxes_lib.VARIANCES, mean=0.0, std=1.0) -> dict[str, jax.Array]:
+            variances: Any = boxes_lib.VARIANCES, mean: Any = 0.0, std: Any = 1.0) -> dict[str, jax.Array]:
     """Detections of a batch (B, H, W, C): {boxes (B, D, 4), scores, labels, valid (B, D)}."""
     out = state.apply_fn(state.variables(), _inputs(images, mean, std), train=False)
     detect = functools.partial(ssd_lib.detect, anchors=anchors, variances=variances, **detect_kwargs)
     return jax.vmap(detect)(out["logits"], out["deltas"])
 
 
-def detections(predict_fn, state: TrainState, images: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
+def detections(predict_fn: Callable, state: TrainState, images: np.ndarray,
+               batch_size: int) -> dict[str, np.ndarray]:
     """Runs `predict_fn` over all images in fixed-size batches (the last padded): (N, D, ...)."""
     n = len(images)
     batch_size = min(batch_size, n)
     outs = []
-    for i in range(0, n, batch_size):
+    for i in progress.track(range(0, n, batch_size), desc="detect"):
         xb = images[i:i + batch_size]
         pad = batch_size - len(xb)
         if pad:
@@ -178,7 +180,7 @@ _PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 1
 
 
 def draw(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, scores: np.ndarray,
-         class_names, gt_boxes: np.ndarray | None = None, min_side: int = 256):
+         class_names: Sequence[str], gt_boxes: np.ndarray | None = None, min_side: int = 256) -> Any:
     """A PIL image of `image` (H, W, C) in [0, 1] with boxes (D, 4), class names and scores.
 
     Small images are enlarged (nearest neighbour) to at least `min_side` pixels so the
@@ -290,12 +292,43 @@ def _scorers(config: ml_collections.ConfigDict, workdir: str, test_ds: scenes.Sc
 
     def finish(state, step):
         dets = detections(predict_fn, state, test_ds.images, batch_size)
-        pictures = write_pictures(os.path.join(workdir, "pictures"), test_ds, dets,
-                                  config.get("num_pictures", 8), config.get("picture_min_score", 0.5))
-        print_fn(f"{len(pictures)} pictures in {os.path.join(workdir, 'pictures')}")
+        _test_pictures(config, workdir, test_ds, dets, print_fn)
         return score(dets, test_ds)
 
     return evaluate_state, finish
+
+
+def _test_pictures(config: ml_collections.ConfigDict, workdir: str, test_ds: scenes.SceneDataset,
+                   dets: dict[str, np.ndarray], print_fn: Callable[[str], None]) -> list[str]:
+    directory = os.path.join(workdir, "pictures")
+    paths = write_pictures(directory, test_ds, dets, config.get("num_pictures", 8),
+                           config.get("picture_min_score", 0.5))
+    print_fn(f"{len(paths)} pictures in {directory}")
+    return paths
+
+
+def _model_pictures(config: ml_collections.ConfigDict, workdir: str, state: TrainState,
+                    test_ds: scenes.SceneDataset) -> list[str]:
+    """The network's filters, feature maps and kernels on a photograph (`jaxdl.pictures`)."""
+    from jaxdl import pictures as pictures_lib
+
+    layer, example = pictures_lib.options(config)
+    x = _inputs(jnp.asarray(test_ds.images[example:example + 1]), _stat(config, "mean", 0.0),
+                _stat(config, "std", 1.0))
+    return pictures_lib.model_pictures(os.path.join(workdir, "pictures"), state.apply_fn, state.variables(),
+                                       np.asarray(x), layer)
+
+
+def pictures(config: ml_collections.ConfigDict, workdir: str,
+             print_fn: Callable[[str], None] = print) -> list[str]:
+    """Draws the pictures of the latest checkpoint in `workdir` (detections, filters, feature maps, …)."""
+    loop.check_resumable(config, workdir)
+    _, test_ds, anchors, _, init = _setup(config, train=False)
+    state = loop.restore_latest(workdir, init)
+    dets = detections(_predict_fn(config, anchors), state, test_ds.images, config.get("eval_batch_size", 100))
+    workdir = os.path.abspath(workdir)
+    return (_test_pictures(config, workdir, test_ds, dets, print_fn)
+            + _model_pictures(config, workdir, state, test_ds))
 
 
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str,
@@ -336,6 +369,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         return loop.Run(
             init=init, num_steps=num_steps, make_steps=make_steps, data=(jax.device_put(data),),
             evaluate=evaluate_state, finish=finish, schedule=optim_lib.make_schedule(config.optim, num_steps),
+            pictures=lambda state: _model_pictures(config, os.path.abspath(workdir), state, test_ds),
             description=f"SSD on {config.model.backbone.name} on {config.dataset.name} ({len(anchors)} anchors)")
 
     return loop.run(config, workdir, build, print_fn)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -24,7 +24,7 @@ from jaxdl.errors import UserError
 from jaxdl.train import summarise
 
 
-def load_flat(config: ml_collections.ConfigDict):
+def load_flat(config: ml_collections.ConfigDict) -> list[tuple[np.ndarray, np.ndarray, int]]:
     """Train and test splits as (N, d) float inputs and integer labels."""
     ds = config.dataset
     splits = [data_lib.load(ds.name, split, directory=ds.get("data_dir"),
@@ -56,7 +56,8 @@ def fit_dmlp(config: ml_collections.ConfigDict, x: np.ndarray, y: np.ndarray,
     return jax.vmap(one)(keys)
 
 
-def accuracy(us: list[jax.Array], x: np.ndarray, y: np.ndarray, activations, cost) -> np.ndarray:
+def accuracy(us: list[jax.Array], x: np.ndarray, y: np.ndarray, activations: Sequence[str],
+             cost: str) -> np.ndarray:
     """Test accuracy of each of the K stacked nets, (K,)."""
     out = jax.vmap(lambda u: backprop.apply(u, x, activations, cost))(us)
     return np.asarray(jnp.mean(jnp.argmax(out, -1) == y[None], axis=-1))

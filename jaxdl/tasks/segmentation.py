@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxdl import loop
+from jaxdl import loop, progress
 from jaxdl import optim as optim_lib
 from jaxdl.errors import UserError, unknown_name
 from jaxdl.segmentation import augment as augment_lib
@@ -39,7 +39,7 @@ from jaxdl.train import TrainState, create_state, gradient_step, make_backbone
 # ----------------------------------------------------------------------------------
 # Config → objects.
 
-def make_model(config: ml_collections.ConfigDict, num_classes: int):
+def make_model(config: ml_collections.ConfigDict, num_classes: int) -> Any:
     """The segmenter of `config.model` (over its zoo backbone, if any), for K = `num_classes`."""
     fields = config.model.to_dict()
     name = fields.pop("name")
@@ -79,7 +79,8 @@ def _inputs(images: jax.Array, mean, std) -> jax.Array:
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, ignore_label: int,
-               class_weights=None, mean=0.0, std=1.0) -> tuple[TrainState, dict[str, jax.Array]]:
+               class_weights: jax.Array | None = None, mean: Any = 0.0,
+               std: Any = 1.0) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimiser step on the per-pixel cross-entropy.
 
     Args:
@@ -102,7 +103,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, ignore_label: 
 
 def train_steps(state: TrainState, data: dict[str, jax.Array], *, batch_size: int, num: int,
                 unroll: bool, padding: int = 0, flip: bool = False, mask_fill: int = 0,
-                **step_kwargs):
+                **step_kwargs: Any) -> tuple[TrainState, dict[str, jax.Array]]:
     """`num` train steps on the device-resident train set, batches gathered inside jit.
 
     The data order of `jaxdl.loop.scan_steps`, each batch's images and masks cropped
@@ -119,7 +120,7 @@ def train_steps(state: TrainState, data: dict[str, jax.Array], *, batch_size: in
 
 
 def eval_step(state: TrainState, images: jax.Array, masks: jax.Array, *, num_classes: int,
-              ignore_label: int, mean=0.0, std=1.0) -> dict[str, jax.Array]:
+              ignore_label: int, mean: Any = 0.0, std: Any = 1.0) -> dict[str, jax.Array]:
     """Sums over a batch: {confusion (K, K), loss_sum, pixels}, and the predictions (B, H, W)."""
     logits = state.apply_fn(state.variables(), _inputs(images, mean, std), train=False)
     y = masks.astype(jnp.int32)
@@ -131,7 +132,7 @@ def eval_step(state: TrainState, images: jax.Array, masks: jax.Array, *, num_cla
             "loss_sum": loss_sum, "pixels": pixels, "predictions": pred}
 
 
-def evaluate(eval_fn, state: TrainState, ds: seg_data.SegmentationDataset, batch_size: int,
+def evaluate(eval_fn: Callable, state: TrainState, ds: seg_data.SegmentationDataset, batch_size: int,
              ignore_label: int, keep: int = 0) -> tuple[dict[str, Any], np.ndarray]:
     """Scores `ds` in fixed-size batches (the last padded with ignored pixels).
 
@@ -143,7 +144,7 @@ def evaluate(eval_fn, state: TrainState, ds: seg_data.SegmentationDataset, batch
     k = ds.num_classes
     confusion = np.zeros((k, k), np.int64)
     loss_sum, pixels, kept = 0.0, 0, []
-    for i in range(0, n, batch_size):
+    for i in progress.track(range(0, n, batch_size), desc="eval"):
         xb, yb = ds.images[i:i + batch_size], ds.masks[i:i + batch_size]
         pad = batch_size - len(xb)
         if pad:
@@ -282,11 +283,42 @@ def _scorers(config: ml_collections.ConfigDict, workdir: str, test_ds: seg_data.
     def finish(state, step):
         metrics, predictions = evaluate(eval_fn, state, test_ds, batch_size, _ignore(config),
                                         keep=config.get("num_pictures", 8))
-        pictures = write_pictures(os.path.join(workdir, "pictures"), test_ds, predictions)
-        print_fn(f"{len(pictures)} pictures in {os.path.join(workdir, 'pictures')}")
+        _test_pictures(workdir, test_ds, predictions, print_fn)
         return _record(metrics, test_ds.class_names)
 
     return evaluate_state, finish
+
+
+def _test_pictures(workdir: str, test_ds: seg_data.SegmentationDataset, predictions: np.ndarray,
+                   print_fn: Callable[[str], None]) -> list[str]:
+    directory = os.path.join(workdir, "pictures")
+    paths = write_pictures(directory, test_ds, predictions)
+    print_fn(f"{len(paths)} pictures in {directory}")
+    return paths
+
+
+def _model_pictures(config: ml_collections.ConfigDict, workdir: str, state: TrainState,
+                    test_ds: seg_data.SegmentationDataset) -> list[str]:
+    """The network's filters, feature maps and kernels on a photograph (`jaxdl.pictures`)."""
+    from jaxdl import pictures as pictures_lib
+
+    layer, example = pictures_lib.options(config)
+    x = _inputs(jnp.asarray(test_ds.images[example:example + 1]), _stat(config, "mean", 0.0),
+                _stat(config, "std", 1.0))
+    return pictures_lib.model_pictures(os.path.join(workdir, "pictures"), state.apply_fn, state.variables(),
+                                       np.asarray(x), layer)
+
+
+def pictures(config: ml_collections.ConfigDict, workdir: str,
+             print_fn: Callable[[str], None] = print) -> list[str]:
+    """Draws the pictures of the latest checkpoint in `workdir` (segmentations, filters, feature maps, …)."""
+    loop.check_resumable(config, workdir)
+    _, test_ds, _, init = _setup(config, train=False)
+    state = loop.restore_latest(workdir, init)
+    _, predictions = evaluate(_eval_fn(config, test_ds.num_classes), state, test_ds,
+                              config.get("eval_batch_size", 100), _ignore(config), keep=config.get("num_pictures", 8))
+    workdir = os.path.abspath(workdir)
+    return _test_pictures(workdir, test_ds, predictions, print_fn) + _model_pictures(config, workdir, state, test_ds)
 
 
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str,
@@ -327,6 +359,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             init=init, num_steps=num_steps, make_steps=make_steps,
             data=(jax.device_put({"images": train_ds.images, "masks": train_ds.masks}),),
             evaluate=evaluate_state, finish=finish, schedule=optim_lib.make_schedule(config.optim, num_steps),
+            pictures=lambda state: _model_pictures(config, os.path.abspath(workdir), state, test_ds),
             description=f"{config.model.name} on {config.dataset.name} ({test_ds.num_classes} classes)")
 
     return loop.run(config, workdir, build, print_fn)
