@@ -244,7 +244,7 @@ def _params(workdir, step):
     from jaxdl.checkpoint import Checkpoints
 
     ckpt = Checkpoints(str(workdir))
-    raw = ckpt._manager.restore(step)
+    raw = ckpt.read(step)
     ckpt.close()
     return jax.tree.leaves(raw["params"])
 
@@ -291,7 +291,7 @@ def test_divergence_stops_the_run_naming_the_step_and_keeping_the_checkpoint(tmp
     config.optim.schedule = "step"  # the learning rate jumps to 1e32 at step 30
     config.optim.step_boundaries = (0.5,)
     config.optim.step_factor = 1e35
-    with pytest.raises(train.TrainingDiverged, match=r"non-finite .* step 40; the last good checkpoint is .*/20"):
+    with pytest.raises(train.TrainingDiverged, match=r"non-finite .* step 3\d; the last good checkpoint is .*/20"):
         train.train_and_evaluate(config, str(tmp_path), print_fn=lambda s: None)
     assert sorted(d for d in os.listdir(tmp_path / "checkpoints") if d.isdigit()) == ["20"]
     assert all(np.all(np.isfinite(p)) for p in _params(tmp_path, 20))
