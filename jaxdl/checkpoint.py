@@ -18,9 +18,12 @@ created and before it is renamed, so a test can kill the process inside the writ
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
+import logging
 import os
+import re
 import shutil
 from typing import Any
 
@@ -81,6 +84,35 @@ class _ManifestRestore(ocp.args.CheckpointArgs):
     item: dict | None = None
 
 
+def _write_failure(e: BaseException) -> str | None:
+    """The operating system's reason for a failed write, or None if `e` is not one.
+
+    Orbax's own writes raise OSError; tensorstore's raise ValueError carrying the errno
+    as `[os_error_code='28']`.
+    """
+    if isinstance(e, OSError):
+        return e.strerror or _reason(e)
+    code = re.search(r"os_error_code='(\d+)'", str(e))
+    return os.strerror(int(code.group(1))) if code else None
+
+
+class _DropOrbaxErrors(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR and f"{os.sep}orbax{os.sep}" in record.pathname)
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+    """Orbax logs each failed write with a traceback from the thread that hit it; the
+    failure reaches the caller as CheckpointError, so the logs would only repeat it."""
+    logger, f = logging.getLogger("absl"), _DropOrbaxErrors()
+    logger.addFilter(f)
+    try:
+        yield
+    finally:
+        logger.removeFilter(f)
+
+
 def _reason(e: BaseException) -> str:
     """An exception as a short single line (tensorstore's messages run to kilobytes)."""
     text = " ".join(str(e).split()) or type(e).__name__
@@ -135,10 +167,14 @@ class Checkpoints:
             self._cleaned = True
         manifest = {"format": _FORMAT, "step": int(step), "sha256": digest(tree)}
         try:
-            self._manager.save(step, args=ocp.args.Composite(
-                **{STATE: ocp.args.StandardSave(tree), MANIFEST: _ManifestSave(manifest)}))
-            self._manager.wait_until_finished()
-        except OSError as e:
+            with _quiet_orbax():
+                self._manager.save(step, args=ocp.args.Composite(
+                    **{STATE: ocp.args.StandardSave(tree), MANIFEST: _ManifestSave(manifest)}))
+                self._manager.wait_until_finished()
+        except (OSError, ValueError) as e:
+            reason = _write_failure(e)
+            if reason is None:
+                raise
             try:
                 self._manager.close()
             except Exception:  # it re-raises the failed write; what matters is that nothing still runs
@@ -147,7 +183,7 @@ class Checkpoints:
             earlier = [s for s in self._complete_steps() if s < step]
             kept = (f"the last complete checkpoint is {self.path(earlier[-1])}, and rerunning the same "
                     f"command resumes from it" if earlier else "no earlier checkpoint exists")
-            raise CheckpointError(f"cannot write checkpoint {self.path(step)}: {e.strerror or _reason(e)}; "
+            raise CheckpointError(f"cannot write checkpoint {self.path(step)}: {reason}; "
                                   f"{kept} (free space or pass another --workdir)") from e
 
     def damaged(self, step: int, reason: str) -> CheckpointError:

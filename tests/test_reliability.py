@@ -373,6 +373,38 @@ def test_full_disk_during_a_checkpoint_leaves_the_previous_one_and_a_rerun_resum
     assert read_bytes(workdir / "metrics.jsonl") == read_bytes(small_run / "metrics.jsonl")
 
 
+def folder_bytes(path) -> int:
+    return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
+
+
+def test_a_really_full_disk_through_the_launcher_is_one_line_and_a_rerun_resumes(small_run, tmp_path):
+    """A tmpfs with room for one checkpoint and a half: tensorstore's own write fails."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    size = int(1.5 * folder_bytes(small_run / "checkpoints" / "10")) + 64 * 1024
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)],
+                           capture_output=True, text=True)
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mount.stderr.strip()}")
+    try:
+        workdir = disk / "w"
+        args = [*BASE, "--config.num_steps=30", f"--workdir={workdir}"]
+        full = launch(*args)
+        assert full.returncode == 2
+        assert full.stderr.strip().splitlines() == [
+            f"error: cannot write checkpoint {workdir}/checkpoints/20: No space left on device; the last complete "
+            f"checkpoint is {workdir}/checkpoints/10, and rerunning the same command resumes from it (free space "
+            f"or pass another --workdir)"]
+        assert sorted(os.listdir(workdir / "checkpoints")) == ["10"]
+        subprocess.run(["mount", "-o", f"remount,size={8 * size}", str(disk)], check=True)
+        again = launch(*args)
+        assert again.returncode == 0, again.stderr
+        assert f"resumed from {workdir}/checkpoints/10 at step 10" in again.stdout
+        assert read_bytes(workdir / "metrics.jsonl") == read_bytes(small_run / "metrics.jsonl")
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
 def test_a_log_line_cut_by_a_kill_is_written_again(small_run, tmp_path):
     """The disk as a kill leaves it mid-append of step 30's record, before checkpoint 30."""
     workdir = tmp_path / "w"
