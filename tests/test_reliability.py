@@ -87,7 +87,7 @@ def digits_prepared():
 
 # ---------------------------------------------------------------- exact resume after SIGKILL
 
-RESUME = ["--config=experiments/mnist1d.py:mlp", "--config.dataset.name=digits", "--config.num_steps=3000",
+RESUME = ["--config=experiments/mnist1d.py:mlp", "--config.dataset.name=digits", "--config.num_steps=2000",
           "--config.batch_size=32", "--config.num_seeds=2", "--config.log_every=10", "--config.eval_every=500",
           "--config.checkpoint_every=200", "--config.steps_per_call=1"]
 
@@ -127,20 +127,20 @@ def test_sigkill_at_three_steps_one_inside_a_checkpoint_write_resumes_bitwise(re
                  env={checkpoint.PAUSE_ENV: "1000"})
     assert (ckpt_dir / f"1000{checkpoint.TMP_SUFFIX}").is_dir() and not (ckpt_dir / "1000").exists()
     # 3: later, after the half-written checkpoint was replaced.
-    run_and_kill(lambda: max(logged_steps(workdir), default=0) >= 1900, "step 1900")
+    run_and_kill(lambda: max(logged_steps(workdir), default=0) >= 1500, "step 1500")
     last = max(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
     final = launch(*args)
     assert final.returncode == 0, final.stderr
 
-    assert kills[0] < 1000 <= kills[1] < kills[2] < 3000, kills
+    assert kills[0] < 1000 <= kills[1] < kills[2] < 2000, kills
     assert "resumed from" not in resumed[0]
     assert "checkpoints/200 at step 200" in resumed[1]
     assert "checkpoints/800 at step 800" in resumed[2]  # 1000 never completed
     assert f"checkpoints/{last} at step {last}" in final.stdout
-    assert_same_state(reference_run, workdir, 3000)
+    assert_same_state(reference_run, workdir, 2000)
     # The log is the uninterrupted run's, byte for byte: no step missing, none twice.
     assert read_bytes(workdir / "metrics.jsonl") == read_bytes(reference_run / "metrics.jsonl")
-    assert logged_steps(workdir) == list(range(10, 3001, 10))
+    assert logged_steps(workdir) == list(range(10, 2001, 10))
     assert results_without_time(workdir) == results_without_time(reference_run)
     assert tmp_folders(workdir) == []
 
@@ -151,8 +151,8 @@ def test_two_runs_with_the_same_seed_write_identical_logs(reference_run, tmp_pat
     log = read_bytes(tmp_path / "again" / "metrics.jsonl")
     assert log == read_bytes(reference_run / "metrics.jsonl")
     losses = [json.loads(line)["train_loss_per_seed"] for line in log.decode().splitlines()]
-    assert len(losses) == 300 and len({tuple(x) for x in losses}) == 300  # a real log, not a constant
-    assert_same_state(reference_run, tmp_path / "again", 3000)
+    assert len(losses) == 200 and len({tuple(x) for x in losses}) == 200  # a real log, not a constant
+    assert_same_state(reference_run, tmp_path / "again", 2000)
 
 
 # ---------------------------------------------------------------- the divergence guard
@@ -622,7 +622,7 @@ def test_a_mistake_is_one_line_without_traceback_and_the_workdir_is_untouched(
     assert time.time() - started < 60  # nothing was trained
 
 
-@pytest.mark.parametrize("case", ["lr_negative", "batch_larger_than_dataset"])
+@pytest.mark.parametrize("case", ["batch_larger_than_dataset"])
 def test_forked_launcher_answers_as_a_fresh_interpreter_does(forked, base_run, tmp_path, case):
     """The battery's shortcut is faithful: same status, same stderr as `python launch.py`."""
     args = next(m[1] for m in MISTAKES if m[0] == case) + [f"--workdir={tmp_path / 'w'}"]
