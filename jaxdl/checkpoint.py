@@ -55,7 +55,7 @@ def digest(tree: Any) -> str:
     """SHA-256 over the dtype, shape and bytes of every array leaf, in tree order."""
     h = hashlib.sha256()
     for leaf in jax.tree.leaves(tree):
-        if jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key):
+        if hasattr(leaf, "dtype") and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
             leaf = jax.random.key_data(leaf)
         a = np.ascontiguousarray(jax.device_get(leaf))
         h.update(f"{a.dtype.str}{a.shape};".encode())

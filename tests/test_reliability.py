@@ -610,7 +610,6 @@ def test_a_mistake_is_one_line_without_traceback_and_the_workdir_is_untouched(
         forked, base_run, tmp_path, case, args, kind, expected):
     workdir, untouched = make_workdir(kind, tmp_path, base_run)
     argv = [a.replace("{tmp}", str(tmp_path)) for a in args] + [f"--workdir={workdir}"]
-    started = time.time()
     proc = forked(argv, str(tmp_path))
     assert proc.returncode == 2, (proc.returncode, proc.stderr)
     err = proc.stderr.strip().splitlines()
@@ -619,7 +618,7 @@ def test_a_mistake_is_one_line_without_traceback_and_the_workdir_is_untouched(
         assert part in err[0], (part, err[0])
     assert "Traceback" not in proc.stdout + proc.stderr
     assert untouched(), f"{case}: the workdir changed"
-    assert time.time() - started < 60  # nothing was trained
+    assert "training " not in proc.stdout  # the loop never started
 
 
 @pytest.mark.parametrize("case", ["batch_larger_than_dataset"])
