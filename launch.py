@@ -23,7 +23,8 @@ OVERRIDE_ERRORS = (KeyError, AttributeError, ValueError, TypeError)
 
 
 def _fail(message: str, code: int = 2):
-    print(f"error: {message}", file=sys.stderr)
+    lines = str(message).strip().splitlines() or ["unknown error"]
+    print(f"error: {lines[0]}", file=sys.stderr)
     sys.exit(code)
 
 
@@ -35,13 +36,20 @@ def _reason(e: BaseException) -> str:
     return lines[-1].strip("\"'") if lines else type(e).__name__
 
 
+def _config_error(e: BaseException):
+    """An unknown field in an override, or a config file without `get_config`."""
+    reason = _reason(e)
+    if "get_config" in reason:
+        _fail("the config file has no get_config(); it must define get_config(arg=None) -> ConfigDict")
+    _fail(f"unknown config field {reason!r} in a --config.* override; list the fields with --mode=show")
+
+
 try:  # config_flags parses --config.* overrides while the flag is defined
     config_flags.DEFINE_config_file(
         "config", DEFAULT_CONFIG, "Experiment config file, `path.py` or `path.py:arg`.",
         lock_config=True)
 except OVERRIDE_ERRORS as e:
-    _fail(f"unknown config field {_reason(e)!r} in a --config.* override; "
-          f"list the fields with --mode=show")
+    _config_error(e)
 flags.DEFINE_string("workdir", None, "Where checkpoints and logs go (default: runs/<config name>).")
 flags.DEFINE_enum("mode", "train", MODES, "train: train (resuming from the workdir); "
                   "eval: evaluate the workdir's latest checkpoint; summary: print the model's "
@@ -61,8 +69,7 @@ def _parse(argv):
         first, reason = str(e).splitlines()[0].rstrip(":"), _reason(e)
         _fail(first if reason in first else f"{first}: {reason}")
     except OVERRIDE_ERRORS as e:
-        _fail(f"unknown config field {_reason(e)!r} in a --config.* override; "
-              f"list the fields with --mode=show")
+        _config_error(e)
     return argv
 
 
@@ -83,7 +90,7 @@ def main(argv: list[str]) -> None:
         logging.set_verbosity(logging.WARNING)
     import jax
 
-    from jaxdl import report, tasks
+    from jaxdl import report, tasks, validate
     from jaxdl.errors import UserError
     from jaxdl.loop import TrainingDiverged
 
@@ -105,6 +112,7 @@ def main(argv: list[str]) -> None:
     print(f"jaxdl: {jax.device_count()} {jax.devices()[0].platform} device(s); "
           f"config {source}; workdir {workdir}", flush=True)
     try:
+        validate.check_config(config)  # every value, before any data is read or anything written
         if FLAGS.mode == "pictures":
             report.make_pictures(config, workdir)
             return
@@ -115,6 +123,8 @@ def main(argv: list[str]) -> None:
         run = {"train": "train_and_evaluate", "eval": "evaluate_workdir", "summary": "summary"}
         if not hasattr(task, run[FLAGS.mode]):
             _fail(f"--mode={FLAGS.mode} is not available for task {config.task!r}; use --mode=train")
+        if FLAGS.mode == "train":
+            validate.check_workdir(workdir)
         getattr(task, run[FLAGS.mode])(config, workdir)
         if FLAGS.mode == "train":  # the loop drew the pictures; the report puts them on one page
             report.write_report(config, workdir, pictures=False)
@@ -122,6 +132,11 @@ def main(argv: list[str]) -> None:
         _fail(str(e))
     except TrainingDiverged as e:
         _fail(f"training diverged: {e}", code=3)
+    except OSError as e:  # the machine's, not the code's: a full disk, a lost mount, permissions
+        _fail(f"{e.strerror or e}{f' ({e.filename})' if e.filename else ''}; "
+              f"rerun the same command once it is fixed to resume from the last checkpoint")
+    except KeyboardInterrupt:
+        _fail("interrupted; rerun the same command to resume from the last checkpoint", code=130)
 
 
 if __name__ == "__main__":

@@ -29,8 +29,8 @@ import numpy as np
 
 from jaxdl import data as data_lib
 from jaxdl import pictures as pictures_lib
-from jaxdl import progress
-from jaxdl.checkpoint import Checkpoints
+from jaxdl import progress, validate
+from jaxdl.checkpoint import Checkpoints, StateMismatch
 from jaxdl.errors import UserError
 from jaxdl.tensorboard import EventLog
 
@@ -93,6 +93,7 @@ def scan_steps(state: Any, data: dict[str, jax.Array], step_fn: Callable, *, bat
 
 def check_config(config: ml_collections.ConfigDict, seeds: bool = True) -> None:
     """Raises UserError for the loop's config fields that cannot work (before any work)."""
+    validate.check_config(config)
     for field in ("batch_size", "log_every", "eval_every", "checkpoint_every") + (("num_seeds",) if seeds else ()):
         value = config.get(field)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -132,7 +133,18 @@ class MetricsLog:
         if not os.path.exists(self.path):
             return []
         with open(self.path) as f:
-            return [json.loads(line) for line in f if line.strip()]
+            lines = f.read().split("\n")
+        records = []
+        for i, line in enumerate(lines):
+            try:
+                if line.strip():
+                    records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                if i == len(lines) - 1:  # a write cut short by a kill: the rerun writes it again
+                    break
+                raise UserError(f"{self.path} line {i + 1} is damaged; delete the line (or the file) "
+                                f"and rerun") from e
+        return records
 
     def truncate_after(self, step: int) -> None:
         """Drops records after `step`: a resumed run writes them again."""
@@ -182,17 +194,24 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def check_resumable(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """Refuses a workdir whose `config.json` differs from `config` in what shapes the run."""
+def changed_fields(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+    """The config fields whose values differ from the workdir's `config.json` (none if it has none)."""
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
-        return
-    with open(path) as f:
-        old = _flatten(json.load(f))
+        return []
+    try:
+        with open(path) as f:
+            old = _flatten(json.load(f))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is damaged; delete it to resume with this config as it is") from e
     new = _flatten(json.loads(config.to_json()))
-    differ = sorted(k for k in set(new) | set(old)
-                    if any(k == r or k.startswith(r + ".") for r in _RESUME_KEYS)
-                    and new.get(k) != old.get(k))
+    return sorted(k for k in set(new) | set(old) if new.get(k) != old.get(k))
+
+
+def check_resumable(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Refuses a workdir whose `config.json` differs from `config` in what shapes the run."""
+    differ = [k for k in changed_fields(config, workdir)
+              if any(k == r or k.startswith(r + ".") for r in _RESUME_KEYS)]
     if differ:
         raise UserError(
             f"workdir {workdir} holds a run with a different config ({', '.join(differ)}); "
@@ -207,6 +226,18 @@ def latest_step(workdir: str) -> int | None:
     step = ckpts.latest_step()
     ckpts.close()
     return step
+
+
+def restore(ckpts: Checkpoints, step: int, like: Any, config: ml_collections.ConfigDict, workdir: str) -> Any:
+    """`ckpts.restore`, naming the config fields behind a state the checkpoint does not hold."""
+    try:
+        return ckpts.restore(step, like)
+    except StateMismatch as e:
+        differ = changed_fields(config, workdir)
+        if not differ:  # the same config built this state once: the checkpoint changed since
+            raise ckpts.damaged(step, e.detail) from e
+        raise UserError(f"{e}; the config differs from the run's in {', '.join(differ)}: use another "
+                        f"--workdir or restore the old values") from e
 
 
 def abstract_state(init: Callable[[], Any]) -> Any:
@@ -254,6 +285,14 @@ class Run:
     pictures: Callable[[Any], Any] | None = None
 
 
+def write_atomic(path: str, text: str) -> None:
+    """Writes through a temporary file and a rename: a kill leaves the old file or the new one."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
 def _loggable(results: dict) -> dict:
     """The entries of a results dict that go into `metrics.jsonl` (numbers and per-seed lists)."""
     return {k: v for k, v in results.items()
@@ -277,6 +316,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, build: Callable[[], Run
     """
     # ---------------------------------------------------------------- resumable? (before any work)
     workdir = os.path.abspath(workdir)
+    validate.check_workdir(workdir)
     start = latest_step(workdir)
     if start is not None:
         check_resumable(config, workdir)
@@ -295,7 +335,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, build: Callable[[], Run
     ckpts = Checkpoints(workdir, keep=config.get("keep_checkpoints", 3))
     log = MetricsLog(workdir)
     if start is not None:
-        state = ckpts.restore(start, abstract_state(r.init))
+        state = restore(ckpts, start, abstract_state(r.init), config, workdir)
         log.truncate_after(start)
         print_fn(f"resumed from {ckpts.path(start)} at step {start}")
     else:
@@ -303,8 +343,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, build: Callable[[], Run
         start = 0
         if os.path.exists(log.path):
             os.remove(log.path)  # a log without a checkpoint belongs to no run we can continue
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json(indent=2))
+    write_atomic(os.path.join(workdir, "config.json"), config.to_json(indent=2))
     events = EventLog(workdir, log.read())  # TensorBoard's copy of metrics.jsonl, cut back with it
 
     # ---------------------------------------------------------------- compiled steps
@@ -332,10 +371,14 @@ def run(config: ml_collections.ConfigDict, workdir: str, build: Callable[[], Run
             return
         metrics = jax.device_get(jax.tree.map(lambda *a: jnp.concatenate(a, axis=-1), *pending))
         pending.clear()
-        if not (np.all(np.isfinite(metrics["loss"])) and np.all(np.isfinite(metrics["grad_norm"]))):
-            kept = (f"the last good checkpoint is {ckpts.path(last_saved)}" if last_saved
-                    else "no checkpoint was written")
-            raise TrainingDiverged(f"non-finite loss or gradient at or before step {step}; {kept}")
+        finite = np.isfinite(metrics["loss"]) & np.isfinite(metrics["grad_norm"])
+        if not np.all(finite):
+            steps_ok = finite.reshape(-1, finite.shape[-1]).all(0)  # over replicas
+            bad = step - len(steps_ok) + 1 + int(np.argmin(steps_ok))
+            kept = (f"the last good checkpoint is {ckpts.path(last_saved)} (step {last_saved}), kept; rerun "
+                    f"with a lower --config.optim.lr to resume from it" if last_saved
+                    else "no checkpoint was written; lower --config.optim.lr")
+            raise TrainingDiverged(f"non-finite loss or gradient at step {bad}; {kept}")
         fetched.append(metrics)
 
     final = None
@@ -392,8 +435,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, build: Callable[[], Run
     pictures_lib.learning_curves(log.read(), os.path.join(pictures, "learning_curves.png"))
     events.pictures(step, pictures)
     path = os.path.join(workdir, "results.json")
-    with open(path, "w") as f:
-        json.dump(final, f, indent=2)
+    write_atomic(path, json.dumps(final, indent=2))
     print_fn(f"done: {_fmt_metrics(_loggable(final))}; results in {path}")
     return final
 
@@ -426,10 +468,9 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, init: Call
         raise UserError(f"no checkpoint in {workdir}; train first (--mode=train) or pass the run's --workdir")
     check_resumable(config, workdir)
     ckpts = Checkpoints(workdir)
-    state = ckpts.restore(step, abstract_state(init))
+    state = restore(ckpts, step, abstract_state(init), config, workdir)
     ckpts.close()
     result = {"step": step, **finish(state, step)}
-    with open(os.path.join(workdir, "eval.json"), "w") as f:
-        json.dump(result, f, indent=2)
+    write_atomic(os.path.join(workdir, "eval.json"), json.dumps(result, indent=2))
     print_fn(f"step {step}: {_fmt_metrics(_loggable(result))}")
     return result

@@ -286,9 +286,11 @@ def _setup(config: ml_collections.ConfigDict):
 
     try:
         jax.eval_shape(init)
-    except ValueError as e:  # a model that cannot take this input says why
+    except UserError:
+        raise
+    except (ValueError, TypeError, ZeroDivisionError) as e:  # a model that cannot take this input says why
         raise UserError(f"model {config.model.name!r} cannot take inputs of shape "
-                        f"{train_ds.x.shape[1:]} from {ds_cfg.name!r}: {e}") from e
+                        f"{train_ds.x.shape[1:]} from {ds_cfg.name!r}: {str(e).strip().splitlines()[0]}") from e
     return train_ds, test_ds, num_steps, init
 
 
@@ -354,7 +356,9 @@ def summary(config: ml_collections.ConfigDict, workdir: str | None = None,
     model = make_model(config.model, num_classes)
     try:
         return summary_lib.print_summary(model, tuple(shape), print_fn)
-    except ValueError as e:
+    except UserError:
+        raise
+    except (ValueError, TypeError, ZeroDivisionError) as e:
         raise UserError(f"model {config.model.name!r} cannot take inputs of shape {tuple(shape)}: {e}") from e
 
 

@@ -21,7 +21,7 @@ import tensorflow_datasets as tfds
 
 from jaxdl import progress
 from jaxdl.data.builders import OFFLINE_BUILDERS
-from jaxdl.errors import UserError
+from jaxdl.errors import UserError, unknown_name
 
 # Scale of uint8 pixels per dataset: digits count 0–16 set pixels, images count 0–255.
 _PIXEL_MAX = {"digits": 16.0}
@@ -61,14 +61,19 @@ def _offline_builder(name: str, directory: str) -> tfds.core.DatasetBuilder:
     if variant:
         names = [c.name for c in cls.BUILDER_CONFIGS]
         if variant not in names:
-            raise UserError(f"unknown variant {variant!r} of dataset {base!r}; valid: {', '.join(names)}")
+            raise unknown_name("dataset", name, offline_names(), "dataset.name")
         kwargs["config"] = variant
-    builder = cls(**kwargs)
-    if not builder.is_prepared():
-        # TFDS writes into an `incomplete.*` folder and renames it when done, so an
-        # interrupted preparation leaves nothing that a rerun would mistake for data.
-        with progress.tfds_bars():
-            builder.download_and_prepare(file_format="array_record")
+    try:
+        os.makedirs(directory, exist_ok=True)  # fails before TFDS logs about the folder it cannot make
+        builder = cls(**kwargs)
+        if not builder.is_prepared():
+            # TFDS writes into an `incomplete.*` folder and renames it when done, so an
+            # interrupted preparation leaves nothing that a rerun would mistake for data.
+            with progress.tfds_bars():
+                builder.download_and_prepare(file_format="array_record")
+    except OSError as e:
+        raise UserError(f"cannot prepare dataset {name!r} in {directory}: {e.strerror or e}; set "
+                        f"--config.dataset.data_dir (or $TFDS_DATA_DIR) to a writable folder") from e
     return builder
 
 
