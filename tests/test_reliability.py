@@ -108,17 +108,17 @@ def test_sigkill_at_three_steps_one_inside_a_checkpoint_write_resumes_bitwise(re
     kills, resumed = [], []
 
     def run_and_kill(condition, what, env=None):
-        out = open(tmp_path / f"run{len(kills)}.out", "w+")
-        proc = start(*args, env=env, stdout=out)
-        try:
-            wait_for(lambda: condition() or proc.poll() is not None, what=what)
-            assert proc.poll() is None, f"the run ended before {what}"
-            proc.send_signal(signal.SIGKILL)
-        finally:
-            proc.wait()
-        kills.append(max(logged_steps(workdir), default=0))
-        out.seek(0)
-        resumed.append(out.read())
+        with open(tmp_path / f"run{len(kills)}.out", "w+") as out:
+            proc = start(*args, env=env, stdout=out)
+            try:
+                wait_for(lambda: condition() or proc.poll() is not None, what=what)
+                assert proc.poll() is None, f"the run ended before {what}"
+                proc.send_signal(signal.SIGKILL)
+            finally:
+                proc.wait()
+            kills.append(max(logged_steps(workdir), default=0))
+            out.seek(0)
+            resumed.append(out.read())
 
     # 1: between two checkpoints.
     run_and_kill(lambda: max(logged_steps(workdir), default=0) >= 300, "step 300")
@@ -209,7 +209,8 @@ def test_divergence_exits_3_naming_the_step_and_keeps_the_last_good_checkpoint(t
     assert fixed.returncode == 0, fixed.stderr
     assert f"resumed from {workdir}/checkpoints/20 at step 20" in fixed.stdout
     assert logged_steps(workdir) == [10, 20, 30, 40, 50, 60]
-    assert np.isfinite(json.load(open(workdir / "results.json"))["test_loss"])
+    with open(workdir / "results.json") as f:
+        assert np.isfinite(json.load(f)["test_loss"])
 
 
 # ---------------------------------------------------------------- checkpoint integrity (API)
@@ -554,6 +555,7 @@ class ForkedLauncher:
     def close(self):
         self.proc.stdin.close()
         self.proc.wait(timeout=60)
+        self.proc.stdout.close()
 
 
 @pytest.fixture(scope="module")
