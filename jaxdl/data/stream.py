@@ -306,6 +306,8 @@ class TrainStream:
         stop = self.num_steps if stop is None else stop
         k_num, b = len(self.key_data), self.batch_size
         step = start
+        # One grain pipeline per epoch: the epoch's permutation travels with it into the
+        # worker processes, which run no JAX (on an accelerator host JAX there would grab the device).
         while step < stop:
             epoch, first = divmod(step, self.steps_per_epoch)
             count = min(self.steps_per_epoch - first, stop - step)
