@@ -308,6 +308,9 @@ def _scorer(config: ml_collections.ConfigDict, test_ds: data_lib.ArrayDataset):
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str,
                      print_fn: Callable[[str], None] = print) -> dict[str, Any]:
     """Evaluates the latest checkpoint in `workdir` on the test split; writes `eval.json`."""
+    if config.dataset.get("stream", False):
+        from jaxdl import train_stream
+        return train_stream.evaluate_workdir(config, workdir, print_fn)
     loop.check_resumable(config, workdir)
     _, test_ds, _, init = _setup(config)
     return loop.evaluate_workdir(config, workdir, init, _scorer(config, test_ds), print_fn)
@@ -367,4 +370,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             evaluate=_scorer(config, test_ds), schedule=optim_lib.make_schedule(config.optim, num_steps),
             description=f"{config.model.name} on {config.dataset.name} ({config.num_seeds} seed(s))")
 
+    if config.dataset.get("stream", False):  # the split stays in the data source (jaxdl.train_stream)
+        from jaxdl import train_stream
+        return loop.run(config, workdir, lambda: train_stream.build(config), print_fn)
     return loop.run(config, workdir, build, print_fn)
