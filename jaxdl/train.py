@@ -8,7 +8,8 @@ K-seed run equals K single runs with seeds `seed … seed+K-1`.
 The train set lives on the device; each step gathers its minibatch from the epoch's
 permutation inside jit (`jaxdl.data.batch_indices`), so the data order is a pure
 function of (seed, step) and a resumed run draws exactly the batches an uninterrupted
-run would.
+run would. With `dataset.stream` the same batches are read and sent by the host
+instead (`jaxdl.train_stream`), for splits too big for the device.
 """
 from __future__ import annotations
 

@@ -203,6 +203,9 @@ def _setup(config: ml_collections.ConfigDict):
     check_config(config)
     train_src, test_src, x_key, y_key, num_classes, feature = _sources(config)
     shape = input_shape(config, feature)
+    if preprocessors(config)[0].flip and len(feature.shape) != 3:
+        raise UserError(f"augment.flip applies to images; {config.dataset.name!r} has inputs of shape "
+                        f"{tuple(feature.shape)}")
     loop.check_batch_size(config, len(train_src))
     num_steps = loop.num_train_steps(config, len(train_src))
     model = train.make_model(config.model, num_classes)

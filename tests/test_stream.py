@@ -279,3 +279,12 @@ def test_bad_streaming_config_is_refused_before_any_work(tmp_path, overrides, ma
     with pytest.raises(UserError, match=match):
         train.train_and_evaluate(config, str(tmp_path / "w"), print_fn=lambda s: None)
     assert not (tmp_path / "w").exists()
+
+
+def test_streamed_flip_of_signals_is_refused(tmp_path):
+    config = mnist1d.get_config("mlp")
+    config.dataset.stream = True
+    config.augment = {"flip": True}
+    with pytest.raises(UserError, match=r"augment.flip applies to images; 'mnist1d' has inputs of shape \(40,\)"):
+        train.train_and_evaluate(config, str(tmp_path / "w"), print_fn=lambda s: None)
+    assert not (tmp_path / "w").exists()
