@@ -264,7 +264,10 @@ class Run:
       make_steps: `num -> f(state, *data) -> (state, metrics)`, `num` steps in one
         compiled call; metrics carry a trailing (num,) axis, including `loss` and
         `grad_norm` (the divergence guard's inputs).
-      data: the arguments after `state` of the compiled steps (device arrays).
+      data: the arguments after `state` of the compiled steps (device arrays), or a
+        callable `(step, num) -> arguments` that feeds each call the batches of steps
+        `step … step+num-1` (the streaming input path, `jaxdl.data.stream`); its
+        `close()`, if it has one, is called when training ends.
       evaluate: `state -> record`, JSON-ready test metrics for `metrics.jsonl`.
       finish: `(state, step) -> results`, the final results (and pictures); by
         default `evaluate`.
@@ -277,7 +280,7 @@ class Run:
     init: Callable[[], Any]
     num_steps: int
     make_steps: Callable[[int], Callable]
-    data: Sequence[Any]
+    data: Sequence[Any] | Callable[[int, int], Sequence[Any]]
     evaluate: Callable[[Any], dict[str, Any]]
     schedule: Callable[[int], Any]
     description: str
@@ -384,7 +387,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, build: Callable[[], Run
     final = None
     while step < num_steps:
         num = chunk if num_steps - step >= chunk else 1
-        state, metrics = (step_chunk if num == chunk else step_one)(state, *r.data)
+        args = r.data(step, num) if callable(r.data) else r.data
+        state, metrics = (step_chunk if num == chunk else step_one)(state, *args)
         pending.append(metrics)
         prev, step = step, step + num
         bar.update(num)
@@ -422,6 +426,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, build: Callable[[], Run
             last_saved = step
     ckpts.close()
     bar.close()
+    getattr(r.data, "close", lambda: None)()
 
     # ---------------------------------------------------------------- results
     if final is None:  # resumed a finished run: its records are logged already

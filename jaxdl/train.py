@@ -8,7 +8,8 @@ K-seed run equals K single runs with seeds `seed … seed+K-1`.
 The train set lives on the device; each step gathers its minibatch from the epoch's
 permutation inside jit (`jaxdl.data.batch_indices`), so the data order is a pure
 function of (seed, step) and a resumed run draws exactly the batches an uninterrupted
-run would.
+run would. With `dataset.stream` the same batches are read and sent by the host
+instead (`jaxdl.train_stream`), for splits too big for the device.
 """
 from __future__ import annotations
 
@@ -330,6 +331,9 @@ def pictures(config: ml_collections.ConfigDict, workdir: str,
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str,
                      print_fn: Callable[[str], None] = print) -> dict[str, Any]:
     """Evaluates the latest checkpoint in `workdir` on the test split; writes `eval.json`."""
+    if config.dataset.get("stream", False):
+        from jaxdl import train_stream
+        return train_stream.evaluate_workdir(config, workdir, print_fn)
     loop.check_resumable(config, workdir)
     _, test_ds, _, init = _setup(config)
     return loop.evaluate_workdir(config, workdir, init, _scorer(config, test_ds), print_fn)
@@ -392,4 +396,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             pictures=lambda state: _pictures(config, os.path.abspath(workdir), state, test_ds),
             description=f"{config.model.name} on {config.dataset.name} ({config.num_seeds} seed(s))")
 
+    if config.dataset.get("stream", False):  # the split stays in the data source (jaxdl.train_stream)
+        from jaxdl import train_stream
+        return loop.run(config, workdir, lambda: train_stream.build(config), print_fn)
     return loop.run(config, workdir, build, print_fn)

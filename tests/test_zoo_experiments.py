@@ -59,6 +59,26 @@ def test_one_cifar10_step_on_mock_data(tmp_path):
     assert np.isfinite(result["test_loss"])
 
 
+def test_one_imagenet_step_and_eval_streamed_on_mock_data(tmp_path):
+    config = imagenet.get_config("resnet18")
+    assert config.dataset.stream and config.augment.crop == "inception"
+    config.model.width = 0.0625
+    config.num_epochs = None
+    config.num_steps = 1
+    config.batch_size = 4
+    config.eval_batch_size = 3  # 5 validation images: one padded batch
+    config.dataset.host_threads = 2
+    config.log_every = config.eval_every = config.checkpoint_every = 1
+    with tfds.testing.mock_data(num_examples=5, policy=tfds.testing.MockPolicy.USE_CODE):
+        shapes = {tfds.data_source("imagenet2012", split="train")[i]["image"].shape for i in range(5)}
+        lines = []
+        result = train.train_and_evaluate(config, str(tmp_path), print_fn=lines.append)
+    assert len(shapes) > 1  # mocked images of varied sizes, cropped to one
+    assert "streamed" in lines[0]
+    assert result["step"] == 1 and 0.0 <= result["test_accuracy"] <= 1.0
+    assert np.isfinite(result["test_loss"])
+
+
 def _convolutions_in_loops(mlir: str) -> int:
     """Convolutions inside `stablehlo.while` bodies, following calls to private functions."""
     starts = [(m.start(), m.group(1)) for m in re.finditer(r"func\.func \w* ?@([\w.$-]+)", mlir)]
