@@ -1,6 +1,5 @@
 """The streaming input path: host crops against PIL/NumPy, the data order, determinism, and training
 bit for bit like the device-resident path."""
-import json
 
 import jax
 import jax.numpy as jnp
@@ -217,7 +216,7 @@ def _config(stream_path, steps=5, seeds=2):
 
 def _params(workdir, step):
     ckpts = Checkpoints(str(workdir))
-    raw = ckpts._manager.restore(step)
+    raw = ckpts.read(step)
     ckpts.close()
     return jax.tree.leaves(raw["params"])
 
@@ -231,7 +230,7 @@ def test_streaming_trains_bit_for_bit_like_the_device_resident_path(tmp_path):
         np.testing.assert_array_equal(a, b)
     assert device["test_accuracy_per_seed"] == streamed["test_accuracy_per_seed"]
     assert device["test_loss_per_seed"] == streamed["test_loss_per_seed"]
-    logs = [[json.loads(line) for line in open(tmp_path / w / "metrics.jsonl")] for w in ("device", "stream")]
+    logs = [loop.MetricsLog(str(tmp_path / w)).read() for w in ("device", "stream")]
     assert [r["train_loss_per_seed"] for r in logs[0]] == [r["train_loss_per_seed"] for r in logs[1]]
 
 
