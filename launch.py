@@ -23,9 +23,17 @@ OVERRIDE_ERRORS = (KeyError, AttributeError, ValueError, TypeError)
 
 
 def _fail(message: str, code: int = 2):
+    """Prints `error: <first line>` and exits with `code` at once.
+
+    Every file of the run is written and closed by now. What an orderly interpreter exit
+    would still run are library threads (Orbax's, tensorstore's) winding down after the
+    failure, whose tracebacks on stderr would bury the one line that matters.
+    """
     lines = str(message).strip().splitlines() or ["unknown error"]
     print(f"error: {lines[0]}", file=sys.stderr)
-    sys.exit(code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _reason(e: BaseException) -> str:

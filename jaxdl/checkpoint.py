@@ -20,11 +20,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import hashlib
 import logging
 import os
 import re
 import shutil
+import sys
+import tempfile
+import time
 from typing import Any
 
 import jax
@@ -113,6 +117,38 @@ def _quiet_orbax():
         logger.removeFilter(f)
 
 
+class _HeldStderr:
+    """File descriptor 2 redirected into a temporary file, replayed on exit unless discarded.
+
+    When a write fails, tensorstore's threads still finish the write's other chunks and
+    resolve their asyncio futures on Orbax's event loop, which Orbax has closed by then;
+    tensorstore prints each resulting "Event loop is closed" traceback straight to file
+    descriptor 2, before and after the failure reaches Python. They say nothing the
+    CheckpointError does not, so a failed save discards what its threads printed; a
+    successful one replays it, so nothing else is ever lost.
+    """
+
+    def __enter__(self):
+        sys.stderr.flush()
+        self._saved = os.dup(2)
+        self._file = tempfile.TemporaryFile()
+        os.dup2(self._file.fileno(), 2)
+        self.discard = False
+        return self
+
+    def __exit__(self, *exc):
+        sys.stderr.flush()
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
+        if not self.discard:
+            self._file.seek(0)
+            held = self._file.read()
+            if held:
+                os.write(2, held)
+        self._file.close()
+        return False
+
+
 def _reason(e: BaseException) -> str:
     """An exception as a short single line (tensorstore's messages run to kilobytes)."""
     text = " ".join(str(e).split()) or type(e).__name__
@@ -166,25 +202,31 @@ class Checkpoints:
                     shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
             self._cleaned = True
         manifest = {"format": _FORMAT, "step": int(step), "sha256": digest(tree)}
-        try:
-            with _quiet_orbax():
-                self._manager.save(step, args=ocp.args.Composite(
-                    **{STATE: ocp.args.StandardSave(tree), MANIFEST: _ManifestSave(manifest)}))
-                self._manager.wait_until_finished()
-        except (OSError, ValueError) as e:
-            reason = _write_failure(e)
-            if reason is None:
-                raise
+        with _HeldStderr() as held:
             try:
-                self._manager.close()
-            except Exception:  # it re-raises the failed write; what matters is that nothing still runs
-                pass
-            shutil.rmtree(self.path(step) + TMP_SUFFIX, ignore_errors=True)
-            earlier = [s for s in self._complete_steps() if s < step]
-            kept = (f"the last complete checkpoint is {self.path(earlier[-1])}, and rerunning the same "
-                    f"command resumes from it" if earlier else "no earlier checkpoint exists")
-            raise CheckpointError(f"cannot write checkpoint {self.path(step)}: {reason}; "
-                                  f"{kept} (free space or pass another --workdir)") from e
+                with _quiet_orbax():
+                    self._manager.save(step, args=ocp.args.Composite(
+                        **{STATE: ocp.args.StandardSave(tree), MANIFEST: _ManifestSave(manifest)}))
+                    self._manager.wait_until_finished()
+                return
+            except (OSError, ValueError) as e:
+                reason = _write_failure(e)
+                if reason is None:
+                    raise
+                error = e
+                held.discard = True
+                try:
+                    self._manager.close()
+                except Exception:  # it re-raises the failed write; what matters is that nothing still runs
+                    pass
+                time.sleep(1.0)  # the failed write's other chunks finish, printing into the held file
+                gc.collect()  # asyncio reports its unretrieved futures when they are collected
+        shutil.rmtree(self.path(step) + TMP_SUFFIX, ignore_errors=True)
+        earlier = [s for s in self._complete_steps() if s < step]
+        kept = (f"the last complete checkpoint is {self.path(earlier[-1])}, and rerunning the same "
+                f"command resumes from it" if earlier else "no earlier checkpoint exists")
+        raise CheckpointError(f"cannot write checkpoint {self.path(step)}: {reason}; "
+                              f"{kept} (free space or pass another --workdir)") from error
 
     def damaged(self, step: int, reason: str) -> CheckpointError:
         """The error for an unusable checkpoint `step`, with the way back to the previous one."""
