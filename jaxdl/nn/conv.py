@@ -138,28 +138,38 @@ def _cpu_conv_bwd(strides, pads, groups, residuals, g):
 _cpu_conv.defvjp(_cpu_conv_fwd, _cpu_conv_bwd)
 
 
-def _auto_conv(x, kernel, strides, pads, groups):
-    """The fastest formulation for the shape on the CPU; `lax` convolution elsewhere.
+def _cpu_plan(size, ksize, strides, pads) -> tuple[str, str]:
+    """How the CPU computes a convolution: ("lax" or "matmul") for the forward pass and
+    for the input gradient; the kernel gradient goes with the forward pass.
 
-    XLA:CPU hands a convolution to its fast library only when the (unpadded) input
-    is at least as large as the kernel in every spatial dim; otherwise it swaps the
-    operands and runs a generic loop, up to 100× slower (a 3×3 kernel on a 2×2 map).
-    The same holds for the input gradient, a convolution of the output gradient with
-    the flipped kernel. So: 1×1 kernels and maps smaller than the kernel are matrix
-    products (`patches`); an output smaller than the kernel keeps the library's
-    forward pass and kernel gradient but gets a matrix-product input gradient; the
-    rest is `lax`, whose strided input gradient is slower than its forward pass but
-    still faster than the alternatives measured (`benchmarks/`).
+    XLA:CPU hands a convolution to its library (YNNPACK) only if, among other things,
+    the unpadded input is at least as large as the kernel; otherwise it swaps the
+    operands and runs a generic loop, 60× slower for a 3×3 kernel on a 2×2 map. The
+    input gradient is itself a convolution, of the output gradient with the flipped
+    kernel, so an output smaller than the kernel makes that one slow. Those cases
+    become matrix products: the whole layer (`_patch_conv`), or the input gradient
+    alone (`_col2im`). A 1×1 kernel is a matrix product anyway. Everything else stays
+    `lax`, even where XLA:CPU falls back to its own loops (fewer than 32 output
+    channels, padding of more than (k − 1)/2, strided input gradients): for those the
+    matrix-product forms measured slower within whole train steps (`benchmarks/`).
     """
-    nd = x.ndim - 2
-    ksize = kernel.shape[:nd]
-    size = x.shape[1:-1]
     out = _geometry(size, ksize, strides, pads)
+    if all(k == 1 for k in ksize) or any(n < k for n, k in zip(size, ksize)):
+        return "matmul", "matmul"
+    if any(m < k for m, k in zip(out, ksize)):
+        return "lax", "matmul"
+    return "lax", "lax"
+
+
+def _auto_conv(x, kernel, strides, pads, groups):
+    """On the CPU the formulation `_cpu_plan` picks for the shape; `lax` convolution elsewhere."""
+    nd = x.ndim - 2
+    forward, input_grad = _cpu_plan(x.shape[1:-1], kernel.shape[:nd], strides, pads)
 
     def cpu(x, kernel):
-        if all(k == 1 for k in ksize) or any(n < k for n, k in zip(size, ksize)):
+        if forward == "matmul":
             return _patch_conv(x, kernel, strides, pads, groups)
-        if any(m < k for m, k in zip(out, ksize)):
+        if input_grad == "matmul":
             return _cpu_conv(x, kernel, strides, pads, groups)
         return _lax_conv(x, kernel, strides, pads, groups)
 
