@@ -99,8 +99,14 @@ def init(model: nn.Module, tx: optax.GradientTransformation, x: jax.Array, key: 
     return variables["params"], variables.get("batch_stats", {}), tx.init(variables["params"])
 
 
-def train_step(params, batch_stats, opt_state, x, y, key, *, model, tx):
-    """Forward, cross-entropy, backward, optimiser update; nothing else."""
+def train_step(params, batch_stats, opt_state, step, x, y, key, *, model, tx):
+    """Forward, cross-entropy, backward, optimiser update; nothing else.
+
+    Returns the new (params, batch_stats, opt_state, step) and the loss. Dropout
+    draws from `fold_in(key, step)`, inside the compiled step like jaxdl's.
+    """
+    key = jax.random.fold_in(key, step)
+
     def loss_fn(params):
         variables = {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
         out = model.apply(variables, x, train=True, rngs={"dropout": key},
@@ -112,8 +118,8 @@ def train_step(params, batch_stats, opt_state, x, y, key, *, model, tx):
     (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     deltas, opt_state = tx.update(grads, opt_state, params)
     return (optax.apply_updates(params, deltas), updates.get("batch_stats", batch_stats),
-            opt_state, loss)
+            opt_state, step + 1, loss)
 
 
 def make_step(model: nn.Module, tx: optax.GradientTransformation):
-    return jax.jit(partial(train_step, model=model, tx=tx), donate_argnums=(0, 1, 2))
+    return jax.jit(partial(train_step, model=model, tx=tx), donate_argnums=(0, 1, 2, 3))
