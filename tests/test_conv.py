@@ -289,3 +289,32 @@ def test_conv_module_groups_and_dtype(key):
     assert layer.apply(variables, x).dtype == jnp.bfloat16
     with pytest.raises(ValueError, match="groups"):
         jnn.Conv2D(6, 3, groups=3).init(key, x)
+
+
+@pytest.mark.parametrize("spatial, kernel_size, padding", [
+    ((5, 5), (5, 5), 0),   # output smaller than the kernel: the custom-JVP path
+    ((2, 2), (3, 3), 1),   # map smaller than the kernel: matrix products
+    ((6, 6), (3, 3), 1),   # lax
+])
+def test_auto_forward_mode_and_second_derivatives_match_lax(spatial, kernel_size, padding):
+    rng = np.random.default_rng(sum(spatial) + padding)
+    x, dx = (rng.normal(size=(2, *spatial, 3)).astype(np.float32) for _ in range(2))
+    kernel, dk = (rng.normal(size=(*kernel_size, 3, 4)).astype(np.float32) for _ in range(2))
+    bias = np.zeros(4, np.float32)
+
+    def loss(conv):
+        return lambda x, kernel: jnp.sum(jnp.tanh(conv(x, kernel)))
+
+    ours = loss(lambda x, k: jnn.conv2d(x, k, padding=padding, impl="auto"))
+    oracle = loss(lambda x, k: _lax_oracle(x, k, bias, 1, padding, 1))
+
+    @functools.partial(jax.jit, static_argnums=0, compiler_options=FAST_COMPILE)
+    def derivatives(f):
+        jvp = jax.jvp(f, (x, kernel), (dx, dk))[1]
+        hvp = jax.jvp(jax.grad(f, argnums=(0, 1)), (x, kernel), (dx, dk))[1]
+        return jvp, hvp
+
+    (jvp, hvp), (jvp_oracle, hvp_oracle) = derivatives(ours), derivatives(oracle)
+    np.testing.assert_allclose(jvp, jvp_oracle, rtol=1e-4, atol=1e-4)
+    for got, want in zip(hvp, hvp_oracle):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

@@ -22,6 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.custom_derivatives import SymbolicZero
 
 from jaxdl.errors import UserError, unknown_name
 
@@ -101,41 +102,31 @@ def _patch_conv(x, kernel, strides, pads, groups):
     return jnp.einsum("...tgc,tcgk->...gk", patches, taps).reshape(*lead, features)
 
 
-def _col2im(x_shape, kernel, g, strides, pads, groups):
-    """The input gradient of a convolution as one matrix product and a scatter-add.
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
+def _conv_matmul_input_grad(x, kernel, strides, pads, groups):
+    """`lax` convolution whose input gradient is a matrix product and a scatter-add (col2im).
 
-    Each output's gradient times the transposed kernel bank gives that output's
-    patch gradient; the transpose of `_patches` adds every patch back onto the
-    positions it was cut from.
+    The tangent in x goes through `_patch_conv`, whose transpose (what reverse mode
+    runs) multiplies each output's gradient by the transposed kernel bank and adds
+    every patch gradient back where the patch was cut from; the tangent in the
+    kernel goes through `lax`, whose transpose is the library's kernel-gradient
+    convolution. A custom JVP rather than a custom VJP, so forward mode and higher
+    derivatives still work.
     """
-    nd = len(x_shape) - 2
-    ksize, (cg, features) = kernel.shape[:nd], kernel.shape[nd:]
-    lead = g.shape[:-1]
-    taps = kernel.reshape(-1, cg, groups, features // groups)
-    cols = jnp.einsum("...gk,tcgk->...tgc", g.reshape(*lead, groups, features // groups), taps)
-    cols = cols.reshape(*lead, -1)
-    transpose = jax.linear_transpose(lambda v: _patches(v, ksize, strides, pads),
-                                     jax.ShapeDtypeStruct(x_shape, g.dtype))
-    return transpose(cols)[0]
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _cpu_conv(x, kernel, strides, pads, groups):
     return _lax_conv(x, kernel, strides, pads, groups)
 
 
-def _cpu_conv_fwd(x, kernel, strides, pads, groups):
-    return _lax_conv(x, kernel, strides, pads, groups), (x, kernel)
-
-
-def _cpu_conv_bwd(strides, pads, groups, residuals, g):
-    x, kernel = residuals
-    _, kernel_vjp = jax.vjp(lambda k: _lax_conv(x, k, strides, pads, groups), kernel)
-    (dkernel,) = kernel_vjp(g)
-    return _col2im(x.shape, kernel, g, strides, pads, groups), dkernel
-
-
-_cpu_conv.defvjp(_cpu_conv_fwd, _cpu_conv_bwd)
+@functools.partial(_conv_matmul_input_grad.defjvp, symbolic_zeros=True)
+def _conv_matmul_input_grad_jvp(strides, pads, groups, primals, tangents):
+    x, kernel = primals
+    dx, dkernel = tangents
+    out = _lax_conv(x, kernel, strides, pads, groups)
+    terms = []
+    if not isinstance(dx, SymbolicZero):
+        terms.append(_patch_conv(dx, kernel, strides, pads, groups))
+    if not isinstance(dkernel, SymbolicZero):
+        terms.append(_lax_conv(x, dkernel, strides, pads, groups))
+    return out, sum(terms[1:], terms[0]) if terms else jnp.zeros_like(out)
 
 
 def _cpu_plan(size, ksize, strides, pads) -> tuple[str, str]:
@@ -148,10 +139,11 @@ def _cpu_plan(size, ksize, strides, pads) -> tuple[str, str]:
     input gradient is itself a convolution, of the output gradient with the flipped
     kernel, so an output smaller than the kernel makes that one slow. Those cases
     become matrix products: the whole layer (`_patch_conv`), or the input gradient
-    alone (`_col2im`). A 1×1 kernel is a matrix product anyway. Everything else stays
+    alone (`_conv_matmul_input_grad`). A 1×1 kernel is a matrix product anyway. Everything else stays
     `lax`, even where XLA:CPU falls back to its own loops (fewer than 32 output
-    channels, padding of more than (k − 1)/2, strided input gradients): for those the
-    matrix-product forms measured slower within whole train steps (`benchmarks/`).
+    channels, padding of more than (k − 1)/2, strided input gradients): there the
+    matrix-product forms made LeNet-5's layers and ResNet-18's strided layers slower when tried
+    (0.7–0.9× within LeNet-5's train step).
     """
     out = _geometry(size, ksize, strides, pads)
     if all(k == 1 for k in ksize) or any(n < k for n, k in zip(size, ksize)):
@@ -170,7 +162,7 @@ def _auto_conv(x, kernel, strides, pads, groups):
         if forward == "matmul":
             return _patch_conv(x, kernel, strides, pads, groups)
         if input_grad == "matmul":
-            return _cpu_conv(x, kernel, strides, pads, groups)
+            return _conv_matmul_input_grad(x, kernel, strides, pads, groups)
         return _lax_conv(x, kernel, strides, pads, groups)
 
     return lax.platform_dependent(x, kernel, cpu=cpu,
