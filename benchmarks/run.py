@@ -64,13 +64,18 @@ torch.set_num_threads(THREADS)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", ["mlp", "cnn1d", "lenet5", "resnet18", "vgg11"], "models to time")
-flags.DEFINE_integer("rounds", 7, "turns per contender")
+flags.DEFINE_integer("rounds", 7, "turns per contender (ResNet-18, VGG-11)")
+flags.DEFINE_integer("small_rounds", 31, "turns per contender for the MLP, 1D CNN and LeNet-5, a third as long")
 flags.DEFINE_float("min_chunk_s", 0.3, "each timed turn runs whole steps for at least this long")
 flags.DEFINE_bool("torch_compile", True, "include torch.compile (its compilation takes minutes)")
 flags.DEFINE_bool("memory", True, "measure each contender's peak memory in a process of its own")
 flags.DEFINE_bool("time_to_accuracy", False, "also time the MNIST-1D table and LeNet-5 on digits")
 flags.DEFINE_string("out_dir", os.path.dirname(os.path.abspath(__file__)), "where the results go")
 flags.DEFINE_string("probe", None, "internal: MODEL:CONTENDER, print its peak memory and exit")
+flags.DEFINE_float("quiet_load", 0.0, "before timing each model, wait until the 1-minute load average "
+                   "is at most this (0: do not wait); at most --max_wait_s")
+flags.DEFINE_integer("max_wait_s", 900, "longest wait for --quiet_load, per model")
+flags.DEFINE_bool("render_only", False, "rewrite RESULTS.md from results.json (and notes.md), timing nothing")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMAND = "python -m benchmarks.run --time_to_accuracy"
@@ -90,8 +95,9 @@ TITLES = {"mlp": "MLP 40-100-100-10", "cnn1d": "1D CNN (MNIST-1D)", "lenet5": "L
 TARGETS = {"mlp": 3.0, "cnn1d": 2.0, "lenet5": 1.0, "resnet18": 1.0, "vgg11": 1.0}
 PEAK_TARGET = {"resnet18": 0.5, "vgg11": 0.5}
 MLP_TARGET = 500_000
-# Models small enough that PyTorch's second thread costs more than it brings here.
-ONE_THREAD_REFERENCE = ("mlp", "cnn1d", "lenet5")
+# Steps of milliseconds: timed in more, shorter turns, and with PyTorch on one thread
+# as a reference (its second thread costs these more than it brings on a loaded machine).
+SMALL_MODELS = ("mlp", "cnn1d", "lenet5")
 N_TRAIN = 4000  # MNIST-1D's train split, for the launcher's device-resident steps
 LONG_CALL = 200  # steps per call of the longest rolled scan timed for the tiny models
 
@@ -242,7 +248,7 @@ def build(name, with_compile=True):
             contenders.append(torch_step(name, compiled=True))
         except Exception as e:  # noqa: BLE001 - report any compiler failure and go on
             print(f"  torch.compile failed for {name}: {type(e).__name__}: {str(e)[:200]}")
-    if name in ONE_THREAD_REFERENCE:
+    if name in SMALL_MODELS:
         contenders.append(torch_step(name, threads=1))
     launcher = SPECS[name][3]
     if launcher:
@@ -328,15 +334,20 @@ def _calibrate(c: Contender, min_s: float) -> int:
 
 
 def interleave(contenders, rounds, min_s):
-    """Per contender, the samples/s of each round; all take turns in every round."""
+    """Per contender, the samples/s of each round; all take turns in every round.
+
+    The order rotates from round to round, so no contender always follows the same
+    one (PyTorch's OpenMP threads spin for a while after their work).
+    """
     reps = [_calibrate(c, min_s) for c in contenders]
     rates = [[] for _ in contenders]
-    for _ in range(rounds):
-        for c, n, out in zip(contenders, reps, rates):
+    for r in range(rounds):
+        for i in range(len(contenders)):
+            k = (i + r) % len(contenders)
             t = time.perf_counter()
-            for _ in range(n):
-                c.run()
-            out.append(n * c.unit / (time.perf_counter() - t))
+            for _ in range(reps[k]):
+                contenders[k].run()
+            rates[k].append(reps[k] * contenders[k].unit / (time.perf_counter() - t))
     return rates
 
 
@@ -408,11 +419,19 @@ def measure_model(name: str) -> dict:
     if len(set(params.values())) != 1:
         raise AssertionError(f"{name}: the contenders' parameter counts differ: {params}")
     peaks = matmul_peaks()
-    print(f"{name}: timing " + ", ".join(c.name for c in contenders))
-    rates = interleave(contenders + peaks, FLAGS.rounds, FLAGS.min_chunk_s)
+    if FLAGS.quiet_load:
+        deadline = time.time() + FLAGS.max_wait_s
+        while os.getloadavg()[0] > FLAGS.quiet_load and time.time() < deadline:
+            time.sleep(10)
+    print(f"{name}: timing " + ", ".join(c.name for c in contenders) + f" (load {os.getloadavg()[0]:.1f})")
+    # Short turns and many rounds for the small models: a turn pair then sees one load.
+    small = name in SMALL_MODELS
+    rounds, min_s = (FLAGS.small_rounds, FLAGS.min_chunk_s / 3) if small else (FLAGS.rounds, FLAGS.min_chunk_s)
+    rates = interleave(contenders + peaks, rounds, min_s)
     by_name = dict(zip([c.name for c in contenders + peaks], rates))
     result = {"batch": SPECS[name][0], "input_shape": list(SPECS[name][1]), "params": contenders[0].params,
-              "contenders": {}, "ratios": {}}
+              "measured": datetime.datetime.now().isoformat(timespec="minutes"), "rounds": rounds,
+              "load_average": os.getloadavg()[0], "contenders": {}, "ratios": {}}
     for c in contenders:
         r = by_name[c.name]
         result["contenders"][c.name] = {"samples_per_s": _median(r), "samples_per_s_rounds": r,
@@ -552,11 +571,17 @@ def render(results: dict) -> str:
         f"`{COMMAND}` writes this file and `results.json` (without `--time_to_accuracy` it keeps the "
         "last time-to-accuracy table).",
         "",
-        f"Measured {results['date']} on {m['cpu']} ({m['cores']} cores), {THREADS} threads for both "
-        f"frameworks; JAX {m['jax']}, Flax {m['flax']}, PyTorch {m['torch']}. The machine is shared: "
-        f"each model's contenders took {results['rounds']} turns each, interleaved, and the numbers "
-        "are medians over the turns (ratios: medians of the per-turn ratios). The 1-minute load average "
-        f"was {m['load_start']:.1f} at the start and {m['load_end']:.1f} at the end.",
+        f"Measured on {m['cpu']} ({m['cores']} cores), {THREADS} threads for both frameworks; JAX "
+        f"{m['jax']}, Flax {m['flax']}, PyTorch {m['torch']}. The machine is shared with other work: "
+        "each model's contenders took turns, interleaved, in an order rotating from turn to turn, and the "
+        "numbers are medians over the turns (ratios: medians of the per-turn ratios). When each model was "
+        "measured, with how many turns, and the 1-minute load average then (2 means both cores busy):",
+        "",
+        "| model | measured | turns | load average |",
+        "|---|---|---|---|",
+        *(f"| {TITLES[n]} | {r.get('measured', results['date'])} | {r.get('rounds', results['rounds'])} | "
+          f"{r['load_average']:.1f} |" if "load_average" in r else f"| {TITLES[n]} | {results['date']} | – | – |"
+          for n, r in models.items()),
         "",
         "## Training samples per second",
         "",
@@ -639,6 +664,12 @@ def main(argv):
     if FLAGS.probe:
         probe(FLAGS.probe)
         return
+    if FLAGS.render_only:
+        with open(os.path.join(FLAGS.out_dir, "results.json")) as f:
+            results = json.load(f)
+        with open(os.path.join(FLAGS.out_dir, "RESULTS.md"), "w") as f:
+            f.write(render(results))
+        return
     unknown = set(FLAGS.models) - set(SPECS)
     if unknown:
         sys.exit(f"unknown --models {sorted(unknown)}; valid: {', '.join(SPECS)}")
@@ -664,6 +695,9 @@ def main(argv):
         results["time_to_accuracy"] = time_to_accuracy()
     elif previous.get("time_to_accuracy"):
         results["time_to_accuracy"] = previous["time_to_accuracy"]  # kept, with its own date
+    for name, previous_model in previous.get("models", {}).items():
+        results["models"].setdefault(name, previous_model)  # kept, with its own date
+    results["models"] = {name: results["models"][name] for name in SPECS if name in results["models"]}
     results["targets"] = targets(results)
     with open(path_json, "w") as f:
         json.dump(results, f, indent=1)
