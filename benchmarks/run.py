@@ -25,13 +25,22 @@ the better of a 2048² f32 matrix product in JAX and in PyTorch, timed in the sa
 """
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 
 THREADS = 2
 # XLA reads its flags when the backend starts: before jax is imported.
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            f" --xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads={THREADS}")
+
+# torch.compile keeps compiled kernels on disk; a fresh directory per run makes its
+# compilation time a cold one, as JAX's (no persistent cache is configured).
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:  # set by the parent in the memory probes
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxdl-bench-inductor-")
+    atexit.register(shutil.rmtree, os.environ["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)
 
 try:
     import torch
@@ -45,7 +54,6 @@ import math  # noqa: E402
 import platform  # noqa: E402
 import re  # noqa: E402
 import subprocess  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
 
 import jax  # noqa: E402
