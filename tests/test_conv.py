@@ -146,7 +146,7 @@ def test_modules_apply_their_function(module, shape, out_shape, key):
     @jax.jit
     def run(params, x):
         expected = conv(x, params["kernel"], params.get("bias"), stride=layer.strides,
-                        padding=layer.padding)
+                        padding=layer.padding, impl=layer.impl)
         return layer.apply({"params": params}, x), expected
 
     out, expected = run(params, x)
@@ -188,3 +188,133 @@ def test_all_offsets_are_visited():
         kernel = np.zeros((3, 3, 1, 1), np.float32)
         kernel[y, xo] = 1.0
         np.testing.assert_array_equal(conv(x, kernel)[0, ..., 0], x[0, y:y + 3, xo:xo + 3, 0])
+
+
+# ---------------------------------------------------------------- the fast CPU path
+#
+# `impl="auto"` picks a formulation per backend and shape; each row exercises one of
+# its CPU branches, and every impl must give lax's values and gradients.
+FAST_CASES = [
+    # nd, spatial, kernel, C, K, stride, padding, groups
+    (2, (8, 8), (3, 3), 4, 6, 1, 1, 1),      # lax convolution
+    (2, (9, 7), (3, 3), 4, 6, 2, 1, 1),      # lax, strided input gradient
+    (2, (7, 7), (3, 3), 4, 6, 2, 1, 2),      # two groups
+    (2, (2, 2), (3, 3), 8, 6, 1, 1, 1),      # map smaller than the kernel: one matrix product
+    (2, (3, 2), (3, 3), 4, 4, (2, 1), 1, 2),
+    (2, (6, 5), (1, 1), 6, 4, 2, 0, 1),      # 1×1 strided: a slice and a matrix product
+    (2, (5, 5), (5, 5), 3, 8, 1, 0, 1),      # output smaller than the kernel: col2im gradient
+    (2, (6, 6), (5, 5), 4, 4, 1, 0, 2),
+    (2, (5, 6), (3, 3), 2, 3, 3, 0, 1),
+    (1, (40,), (5,), 1, 5, 2, 1, 1),         # the MNIST-1D CNN's layers
+    (1, (10,), (3,), 5, 5, 2, 1, 1),
+    (1, (4,), (3,), 6, 6, 1, 2, 3),
+]
+
+
+def _fast_id(case):
+    nd, spatial, kernel, c, k, stride, padding, groups = case
+    return (f"{nd}d-x{'x'.join(map(str, spatial))}-k{'x'.join(map(str, kernel))}-C{c}K{k}"
+            f"-s{stride}-p{padding}-g{groups}")
+
+
+def _lax_oracle(x, kernel, bias, stride, padding, groups):
+    nd = x.ndim - 2
+    strides = (stride,) * nd if isinstance(stride, int) else stride
+    spec = ("NWC", "WIO", "NWC") if nd == 1 else ("NHWC", "HWIO", "NHWC")
+    out = lax.conv_general_dilated(x, kernel, strides, [(padding, padding)] * nd,
+                                   dimension_numbers=spec, feature_group_count=groups,
+                                   precision=lax.Precision.HIGHEST)
+    return out + bias.reshape((1,) * (nd + 1) + bias.shape)
+
+
+@pytest.mark.parametrize("case", FAST_CASES, ids=_fast_id)
+def test_every_impl_matches_lax_values_and_gradients(case):
+    nd, spatial, kernel_size, c, k, stride, padding, groups = case
+    rng = np.random.default_rng(zlib.crc32(_fast_id(case).encode()))
+    x = rng.normal(size=(3, *spatial, c)).astype(np.float32)
+    kernel = rng.normal(size=(*kernel_size, c // groups, k)).astype(np.float32)
+    bias = rng.normal(size=(k,)).astype(np.float32)
+    conv = jnn.conv1d if nd == 1 else jnn.conv2d
+    out_shape = jax.eval_shape(lambda *a: _lax_oracle(*a, stride, padding, groups), x, kernel, bias).shape
+    cot = rng.normal(size=out_shape).astype(np.float32)
+
+    def value_and_grads(fn):
+        loss = lambda *args: jnp.sum(fn(*args) * cot)
+        return fn(x, kernel, bias), jax.grad(loss, argnums=(0, 1, 2))(x, kernel, bias)
+
+    @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
+    def run():
+        ours = {impl: value_and_grads(functools.partial(conv, stride=stride, padding=padding,
+                                                        impl=impl, groups=groups))
+                for impl in jnn.conv.IMPLS}
+        return ours, value_and_grads(lambda *a: _lax_oracle(*a, stride, padding, groups))
+
+    ours, (oracle, oracle_grads) = run()
+    for impl, (out, grads) in ours.items():
+        np.testing.assert_allclose(out, oracle, rtol=1e-4, atol=1e-4, err_msg=impl)
+        for name, got, want in zip(("x", "kernel", "bias"), grads, oracle_grads):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=f"{impl} d{name}")
+
+
+def _lowered(platform, spatial, kernel_size, stride=1, padding=1):
+    x = jax.ShapeDtypeStruct((2, *spatial, 8), jnp.float32)
+    kernel = jax.ShapeDtypeStruct((*kernel_size, 8, 8), jnp.float32)
+
+    def loss(x, kernel):
+        return jnp.sum(jnn.conv2d(x, kernel, stride=stride, padding=padding, impl="auto") ** 2)
+
+    fn = jax.jit(jax.grad(loss, argnums=(0, 1)))
+    return jax.export.export(fn, platforms=[platform])(x, kernel).mlir_module()
+
+
+@pytest.mark.parametrize("spatial, kernel_size, stride, padding, cpu_convs", [
+    ((8, 8), (3, 3), 1, 1, 3),   # forward, input and kernel gradients: all lax
+    ((2, 2), (3, 3), 1, 1, 0),   # smaller than the kernel: matrix products only
+    ((8, 8), (1, 1), 2, 0, 0),   # 1×1: matrix products only
+    ((5, 5), (5, 5), 1, 0, 2),   # output smaller than the kernel: input gradient by col2im
+])
+def test_auto_picks_per_backend_and_shape(spatial, kernel_size, stride, padding, cpu_convs):
+    count = lambda text: text.count("stablehlo.convolution")
+    assert count(_lowered("cpu", spatial, kernel_size, stride, padding)) == cpu_convs
+    # Elsewhere the native convolution stays: forward, input and kernel gradient.
+    assert count(_lowered("cuda", spatial, kernel_size, stride, padding)) == 3
+
+
+def test_conv_module_groups_and_dtype(key):
+    layer = jnn.Conv2D(6, 3, padding=1, groups=2, dtype=jnp.bfloat16)
+    x = jnp.ones((1, 5, 5, 4))
+    variables = layer.init(key, x)
+    assert variables["params"]["kernel"].shape == (3, 3, 2, 6)
+    assert variables["params"]["kernel"].dtype == jnp.float32
+    assert layer.apply(variables, x).dtype == jnp.bfloat16
+    with pytest.raises(ValueError, match="groups"):
+        jnn.Conv2D(6, 3, groups=3).init(key, x)
+
+
+@pytest.mark.parametrize("spatial, kernel_size, padding", [
+    ((5, 5), (5, 5), 0),   # output smaller than the kernel: the custom-JVP path
+    ((2, 2), (3, 3), 1),   # map smaller than the kernel: matrix products
+    ((6, 6), (3, 3), 1),   # lax
+])
+def test_auto_forward_mode_and_second_derivatives_match_lax(spatial, kernel_size, padding):
+    rng = np.random.default_rng(sum(spatial) + padding)
+    x, dx = (rng.normal(size=(2, *spatial, 3)).astype(np.float32) for _ in range(2))
+    kernel, dk = (rng.normal(size=(*kernel_size, 3, 4)).astype(np.float32) for _ in range(2))
+    bias = np.zeros(4, np.float32)
+
+    def loss(conv):
+        return lambda x, kernel: jnp.sum(jnp.tanh(conv(x, kernel)))
+
+    ours = loss(lambda x, k: jnn.conv2d(x, k, padding=padding, impl="auto"))
+    oracle = loss(lambda x, k: _lax_oracle(x, k, bias, 1, padding, 1))
+
+    @functools.partial(jax.jit, static_argnums=0, compiler_options=FAST_COMPILE)
+    def derivatives(f):
+        jvp = jax.jvp(f, (x, kernel), (dx, dk))[1]
+        hvp = jax.jvp(jax.grad(f, argnums=(0, 1)), (x, kernel), (dx, dk))[1]
+        return jvp, hvp
+
+    (jvp, hvp), (jvp_oracle, hvp_oracle) = derivatives(ours), derivatives(oracle)
+    np.testing.assert_allclose(jvp, jvp_oracle, rtol=1e-4, atol=1e-4)
+    for got, want in zip(hvp, hvp_oracle):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

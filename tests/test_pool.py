@@ -189,3 +189,38 @@ def test_bad_arguments_raise(kwargs, match):
         window = kwargs.pop("window")
         jnn.weighted_avg_pool(x, jnp.ones((window,) * 2 if isinstance(window, int) else window),
                               **kwargs)
+
+
+# ---------------------------------------------------------------- per backend
+
+def _native_pools(x, window, stride, padding):
+    """The non-CPU formulations (`lax.reduce_window`), run here on the CPU."""
+    win, strides, pads, out = jnn.pool._geometry(x, window, stride, padding)
+    total = jnn.pool._sum_pool_native(x, win, strides, pads)
+    counts = jnn.pool._real_counts(x.shape[1:-1], win, strides, pads, out)
+    return {"max": jnn.pool._max_pool_native(x, win, strides, pads), "avg": total / counts}
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[0] != "weighted"][::4], ids=_case_id)
+def test_native_pooling_matches_numpy_loop(case):
+    kind, (spatial, window, stride, padding, _) = case
+    x = np.random.default_rng(zlib.crc32(_case_id(case).encode())).normal(size=(2, *spatial, 2))
+    x = x.astype(np.float32)
+    got = jax.jit(_native_pools, static_argnums=(1, 2, 3), compiler_options=FAST_COMPILE)(
+        x, window, stride, padding)[kind]
+    expected = _np_pool(x.astype(np.float64), window, stride or window, padding, kind)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("pool", [jnn.max_pool, jnn.avg_pool])
+@pytest.mark.parametrize("stride", [None, 1])
+def test_pooling_per_backend(pool, stride):
+    x = jax.ShapeDtypeStruct((2, 8, 8, 3), jnp.float32)
+    fn = jax.jit(jax.grad(lambda x: jnp.sum(pool(x, 2, stride) ** 2)))
+
+    def lowered(platform):
+        return jax.export.export(fn, platforms=[platform])(x).mlir_module()
+    # Elsewhere lax.reduce_window (flax's formulation); on the CPU, non-overlapping
+    # windows are a reshape and one reduction.
+    assert "reduce_window" in lowered("cuda")
+    assert ("reduce_window" in lowered("cpu")) is False

@@ -5,7 +5,9 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxdl.nn.conv import Conv2D
 from jaxdl.nn.norm import LocalResponseNorm
+from jaxdl.nn.pool import max_pool
 
 
 def _side(h: int, small_input: bool) -> int:
@@ -61,11 +63,10 @@ class AlexNet(nn.Module):
             return max(1, round(c * self.width / self.groups)) * self.groups
 
         def conv(c, k, name, stride=1, pad=0, groups=1):
-            return nn.Conv(ch(c), (k, k), stride, padding=pad, feature_group_count=groups,
-                           dtype=self.dtype, name=name)
+            return Conv2D(ch(c), k, stride, padding=pad, groups=groups, dtype=self.dtype, name=name)
 
         def pool(y):
-            return nn.max_pool(y, (3, 3), (2, 2))
+            return max_pool(y, 3, 2)
 
         hidden = self.hidden or (512 if self.small_input else 4096)
         hidden = max(1, round(hidden * self.width))

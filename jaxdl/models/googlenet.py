@@ -6,7 +6,9 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxdl.nn.conv import Conv2D
 from jaxdl.nn.norm import LocalResponseNorm
+from jaxdl.nn.pool import avg_pool, max_pool
 
 # The paper's Table 1: name, #1×1, #3×3 reduce, #3×3, #5×5 reduce, #5×5, pool proj.
 INCEPTION_V1 = (
@@ -33,8 +35,7 @@ def aux_weighted_loss(main_loss: jnp.ndarray, aux_losses: Sequence[jnp.ndarray],
 
 def _conv(features: int, kernel: int, dtype: Any, name: str | None = None, strides: int = 1):
     """A convolution + ReLU (the paper's every convolution is followed by a ReLU)."""
-    conv = nn.Conv(features, (kernel, kernel), strides, padding=kernel // 2, dtype=dtype,
-                   name=name)
+    conv = Conv2D(features, kernel, strides, padding=kernel // 2, dtype=dtype, name=name)
     return lambda x: nn.relu(conv(x))
 
 
@@ -58,7 +59,7 @@ class Inception(nn.Module):
         b1 = _conv(self.c1, 1, d)(x)
         b3 = _conv(self.c3, 3, d)(_conv(self.c3r, 1, d)(x))
         b5 = _conv(self.c5, 5, d)(_conv(self.c5r, 1, d)(x))
-        bp = _conv(self.cp, 1, d)(nn.max_pool(x, (3, 3), (1, 1), padding="SAME"))
+        bp = _conv(self.cp, 1, d)(max_pool(x, 3, 1, "same"))
         return jnp.concatenate([b1, b3, b5, bp], axis=-1)
 
 
@@ -74,7 +75,7 @@ class AuxClassifier(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-        x = nn.avg_pool(x, (5, 5), (3, 3))
+        x = avg_pool(x, 5, 3)
         x = _conv(max(1, round(128 * self.width)), 1, self.dtype)(x)
         x = x.reshape((x.shape[0], -1))
         x = nn.relu(nn.Dense(max(1, round(1024 * self.width)), dtype=self.dtype)(x))
@@ -132,7 +133,7 @@ class GoogLeNet(nn.Module):
             return max(1, round(c * self.width))
 
         def pool(y):
-            return nn.max_pool(y, (3, 3), (2, 2), padding="SAME")
+            return max_pool(y, 3, 2, "same")
 
         d = self.dtype
         lrn = LocalResponseNorm(k=1.0, n=5, alpha=1e-4 / 5, beta=0.75)

@@ -4,6 +4,9 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxdl.nn.conv import Conv2D
+from jaxdl.nn.pool import avg_pool, max_pool
+
 
 def _side(h: int, small_input: bool) -> int:
     """Side of the C5 map for an input side `h` (below 1: the input is too small)."""
@@ -41,21 +44,21 @@ class LeNet5(nn.Module):
             raise ValueError(f"LeNet5(small_input={self.small_input}) needs inputs of at least "
                              f"{least}×{least} pixels, got {h}×{w}.")
         act = jnp.tanh if self.classic else nn.relu
-        pool = nn.avg_pool if self.classic else nn.max_pool
-        padding = "SAME" if self.small_input else "VALID"
+        pool = avg_pool if self.classic else max_pool
+        padding = "zero" if self.small_input else "valid"
 
         def ch(c: int) -> int:
             return max(1, round(c * self.width))
 
         def conv(c: int, name: str):
-            return nn.Conv(ch(c), (5, 5), padding=padding, dtype=self.dtype, name=name)
+            return Conv2D(ch(c), 5, padding=padding, dtype=self.dtype, name=name)
 
         feats = {}
         x = jnp.asarray(x, self.dtype)
         x = feats["C1"] = act(conv(6, "C1")(x))
-        x = feats["S2"] = pool(x, (2, 2), (2, 2))
+        x = feats["S2"] = pool(x, 2)
         x = feats["C3"] = act(conv(16, "C3")(x))
-        x = feats["S4"] = pool(x, (2, 2), (2, 2))
+        x = feats["S4"] = pool(x, 2)
         x = feats["C5"] = act(conv(120, "C5")(x))
         x = x.reshape((x.shape[0], -1))
         x = feats["F6"] = act(nn.Dense(ch(84), dtype=self.dtype, name="F6")(x))

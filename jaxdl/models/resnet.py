@@ -6,6 +6,9 @@ from typing import Any, ClassVar
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxdl.nn.conv import Conv2D
+from jaxdl.nn.pool import max_pool
+
 
 def _norm(train: bool, dtype: Any, name: str | None = None) -> nn.BatchNorm:
     # PyTorch's defaults (momentum 0.1 there is 0.9 here), so ported weights behave the same.
@@ -17,7 +20,7 @@ def _shortcut(x: jnp.ndarray, out: int, strides: int, train: bool, dtype: Any) -
     """Identity, or a 1×1 convolution + BN where the shape changes (option B)."""
     if x.shape[-1] == out and strides == 1:
         return x
-    x = nn.Conv(out, (1, 1), strides, use_bias=False, dtype=dtype, name="proj_conv")(x)
+    x = Conv2D(out, 1, strides, use_bias=False, dtype=dtype, name="proj_conv")(x)
     return _norm(train, dtype, "proj_bn")(x)
 
 
@@ -31,7 +34,7 @@ class BasicBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-        conv = partial(nn.Conv, kernel_size=(3, 3), padding=1, use_bias=False, dtype=self.dtype)
+        conv = partial(Conv2D, kernel_size=3, padding=1, use_bias=False, dtype=self.dtype)
         y = conv(self.filters, strides=self.strides)(x)
         y = nn.relu(_norm(train, self.dtype)(y))
         y = conv(self.filters)(y)
@@ -50,12 +53,12 @@ class Bottleneck(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-        conv = partial(nn.Conv, use_bias=False, dtype=self.dtype)
+        conv = partial(Conv2D, use_bias=False, dtype=self.dtype)
         out = self.filters * self.expansion
-        y = nn.relu(_norm(train, self.dtype)(conv(self.filters, (1, 1))(x)))
-        y = conv(self.filters, (3, 3), self.strides, padding=1)(y)
+        y = nn.relu(_norm(train, self.dtype)(conv(self.filters, 1)(x)))
+        y = conv(self.filters, 3, self.strides, padding=1)(y)
         y = nn.relu(_norm(train, self.dtype)(y))
-        y = _norm(train, self.dtype)(conv(out, (1, 1))(y))
+        y = _norm(train, self.dtype)(conv(out, 1)(y))
         return nn.relu(y + _shortcut(x, out, self.strides, train, self.dtype))
 
 
@@ -88,14 +91,13 @@ class ResNet(nn.Module):
         feats = {}
         x = jnp.asarray(x, self.dtype)
         if self.small_input:
-            x = nn.Conv(ch(64), (3, 3), padding=1, use_bias=False, dtype=self.dtype,
-                        name="stem_conv")(x)
+            x = Conv2D(ch(64), 3, padding=1, use_bias=False, dtype=self.dtype, name="stem_conv")(x)
         else:
-            x = nn.Conv(ch(64), (7, 7), 2, padding=3, use_bias=False, dtype=self.dtype,
-                        name="stem_conv")(x)
+            x = Conv2D(ch(64), 7, 2, padding=3, use_bias=False, dtype=self.dtype, name="stem_conv")(x)
         x = nn.relu(_norm(train, self.dtype, "stem_bn")(x))
         if not self.small_input:
-            x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+            # torchvision's padding of one on each side (not SAME's none before, one after).
+            x = max_pool(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf), 3, 2)
         feats["stem"] = x
         for i, n_blocks in enumerate(self.stage_sizes):
             for j in range(n_blocks):

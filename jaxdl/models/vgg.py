@@ -6,6 +6,9 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxdl.nn.conv import Conv2D
+from jaxdl.nn.pool import max_pool
+
 _STAGE_CHANNELS = (64, 128, 256, 512, 512)
 
 
@@ -47,13 +50,13 @@ class VGG(nn.Module):
         for s, (n_convs, c) in enumerate(zip(self.stage_sizes, _STAGE_CHANNELS), start=1):
             for i in range(1, n_convs + 1):
                 name = f"conv{s}_{i}"
-                x = nn.Conv(max(1, round(c * self.width)), (3, 3), padding=1,
-                            use_bias=not self.batch_norm, dtype=self.dtype, name=name)(x)
+                x = Conv2D(max(1, round(c * self.width)), 3, padding=1,
+                           use_bias=not self.batch_norm, dtype=self.dtype, name=name)(x)
                 if self.batch_norm:
                     x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                                      dtype=self.dtype, name=f"bn{s}_{i}")(x)
                 x = feats[name] = nn.relu(x)
-            x = feats[f"pool{s}"] = nn.max_pool(x, (2, 2), (2, 2))
+            x = feats[f"pool{s}"] = max_pool(x, 2)
         x = x.reshape((x.shape[0], -1))
         for name in ("fc6", "fc7"):
             x = feats[name] = nn.relu(nn.Dense(hidden, dtype=self.dtype, name=name)(x))

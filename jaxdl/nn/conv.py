@@ -16,17 +16,19 @@ import functools
 import itertools
 import numbers
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.custom_derivatives import SymbolicZero
 
 from jaxdl.errors import UserError, unknown_name
 
 Array = jax.Array
 PADDINGS = ("valid", "zero", "replicate")
-IMPLS = ("sum", "patches", "xla")
+IMPLS = ("sum", "patches", "xla", "auto")
 
 
 def _as_tuple(value: int | Sequence[int], nd: int, name: str) -> tuple[int, ...]:
@@ -39,83 +41,196 @@ def _as_tuple(value: int | Sequence[int], nd: int, name: str) -> tuple[int, ...]
     return tuple(int(v) for v in values)
 
 
+def _spec(nd: int) -> tuple[str, str, str]:
+    spatial = "HW" if nd == 2 else "W"
+    return f"N{spatial}C", f"{spatial}IO", f"N{spatial}C"
+
+
+def _lax_conv(x, kernel, strides, pads, groups):
+    return lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=_spec(x.ndim - 2),
+                                    feature_group_count=groups)
+
+
+def _geometry(size, ksize, strides, pads):
+    return tuple((n + lo + hi - k) // s + 1 for n, k, s, (lo, hi) in zip(size, ksize, strides, pads))
+
+
+def _shifted(x, ksize, strides, pads):
+    """The zero-padded input seen through each kernel offset: a list of Π k strided slices."""
+    nd = x.ndim - 2
+    if any(p != (0, 0) for p in pads):
+        x = jnp.pad(x, [(0, 0), *pads, (0, 0)])
+    out = _geometry(x.shape[1:-1], ksize, strides, [(0, 0)] * nd)
+    batch, channels = x.shape[0], x.shape[-1]
+    views = []
+    for offset in itertools.product(*(range(k) for k in ksize)):
+        start = (0, *offset, 0)
+        limit = (batch, *(o + (m - 1) * s + 1 for o, m, s in zip(offset, out, strides)), channels)
+        views.append(lax.slice(x, start, limit, (1, *strides, 1)))
+    return views
+
+
+def _sum_conv(x, kernel, strides, pads, groups):
+    # The lecture's sum: one term per kernel offset, contracted over channels.
+    nd = x.ndim - 2
+    ksize, (cg, features) = kernel.shape[:nd], kernel.shape[nd:]
+    taps = kernel.reshape(-1, cg, groups, features // groups)
+    acc = None
+    for view, tap in zip(_shifted(x, ksize, strides, pads), taps):
+        view = view.reshape(*view.shape[:-1], groups, cg)
+        term = jnp.einsum("...gc,cgk->...gk", view, tap)
+        acc = term if acc is None else acc + term
+    return acc.reshape(*acc.shape[:-2], features)
+
+
+def _patches(x, ksize, strides, pads):
+    """im2col: (B, *out, Π k · C), the offsets side by side along channels, offset-major."""
+    return jnp.concatenate(_shifted(x, ksize, strides, pads), axis=-1)
+
+
+def _patch_conv(x, kernel, strides, pads, groups):
+    # The same sum as one matrix product: the patches against the kernel bank
+    # flattened to (Π k · C, K) (per group, a batch of G products).
+    nd = x.ndim - 2
+    ksize, (cg, features) = kernel.shape[:nd], kernel.shape[nd:]
+    patches = _patches(x, ksize, strides, pads)
+    if groups == 1:
+        return patches @ kernel.reshape(-1, features)
+    lead = patches.shape[:-1]
+    patches = patches.reshape(*lead, -1, groups, cg)
+    taps = kernel.reshape(-1, cg, groups, features // groups)
+    return jnp.einsum("...tgc,tcgk->...gk", patches, taps).reshape(*lead, features)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
+def _conv_matmul_input_grad(x, kernel, strides, pads, groups):
+    """`lax` convolution whose input gradient is a matrix product and a scatter-add (col2im).
+
+    The tangent in x goes through `_patch_conv`, whose transpose (what reverse mode
+    runs) multiplies each output's gradient by the transposed kernel bank and adds
+    every patch gradient back where the patch was cut from; the tangent in the
+    kernel goes through `lax`, whose transpose is the library's kernel-gradient
+    convolution. A custom JVP rather than a custom VJP, so forward mode and higher
+    derivatives still work.
+    """
+    return _lax_conv(x, kernel, strides, pads, groups)
+
+
+@functools.partial(_conv_matmul_input_grad.defjvp, symbolic_zeros=True)
+def _conv_matmul_input_grad_jvp(strides, pads, groups, primals, tangents):
+    x, kernel = primals
+    dx, dkernel = tangents
+    out = _lax_conv(x, kernel, strides, pads, groups)
+    terms = []
+    if not isinstance(dx, SymbolicZero):
+        terms.append(_patch_conv(dx, kernel, strides, pads, groups))
+    if not isinstance(dkernel, SymbolicZero):
+        terms.append(_lax_conv(x, dkernel, strides, pads, groups))
+    return out, sum(terms[1:], terms[0]) if terms else jnp.zeros_like(out)
+
+
+def _cpu_plan(size, ksize, strides, pads) -> tuple[str, str]:
+    """How the CPU computes a convolution: ("lax" or "matmul") for the forward pass and
+    for the input gradient; the kernel gradient goes with the forward pass.
+
+    XLA:CPU hands a convolution to its library (YNNPACK) only if, among other things,
+    the unpadded input is at least as large as the kernel; otherwise it swaps the
+    operands and runs a generic loop, 60× slower for a 3×3 kernel on a 2×2 map. The
+    input gradient is itself a convolution, of the output gradient with the flipped
+    kernel, so an output smaller than the kernel makes that one slow. Those cases
+    become matrix products: the whole layer (`_patch_conv`), or the input gradient
+    alone (`_conv_matmul_input_grad`). A 1×1 kernel is a matrix product anyway. Everything else stays
+    `lax`, even where XLA:CPU falls back to its own loops (fewer than 32 output
+    channels, padding of more than (k − 1)/2, strided input gradients): there the
+    matrix-product forms made LeNet-5's layers and ResNet-18's strided layers slower when tried
+    (0.7–0.9× within LeNet-5's train step).
+    """
+    out = _geometry(size, ksize, strides, pads)
+    if all(k == 1 for k in ksize) or any(n < k for n, k in zip(size, ksize)):
+        return "matmul", "matmul"
+    if any(m < k for m, k in zip(out, ksize)):
+        return "lax", "matmul"
+    return "lax", "lax"
+
+
+def _auto_conv(x, kernel, strides, pads, groups):
+    """On the CPU the formulation `_cpu_plan` picks for the shape; `lax` convolution elsewhere."""
+    nd = x.ndim - 2
+    forward, input_grad = _cpu_plan(x.shape[1:-1], kernel.shape[:nd], strides, pads)
+
+    def cpu(x, kernel):
+        if forward == "matmul":
+            return _patch_conv(x, kernel, strides, pads, groups)
+        if input_grad == "matmul":
+            return _conv_matmul_input_grad(x, kernel, strides, pads, groups)
+        return _lax_conv(x, kernel, strides, pads, groups)
+
+    return lax.platform_dependent(x, kernel, cpu=cpu,
+                                  default=lambda x, k: _lax_conv(x, k, strides, pads, groups))
+
+
 def _conv_nd(x: Array, kernel: Array, bias: Array | None, stride: int | Sequence[int],
-             padding: str | int, nd: int, impl: str = "sum") -> Array:
+             padding: str | int, nd: int, impl: str = "sum", groups: int = 1) -> Array:
     x = jnp.asarray(x)
     kernel = jnp.asarray(kernel)
     layout = "(B, W, C)" if nd == 1 else "(B, H, W, C)"
-    klayout = "(k, C, K)" if nd == 1 else "(kh, kw, C, K)"
+    klayout = "(k, C/G, K)" if nd == 1 else "(kh, kw, C/G, K)"
     if x.ndim != nd + 2:
         raise UserError(f"x has shape {x.shape}; conv{nd}d expects {layout}")
     if kernel.ndim != nd + 2:
         raise UserError(f"kernel has shape {kernel.shape}; conv{nd}d expects {klayout}")
+    if not isinstance(groups, numbers.Integral) or groups < 1:
+        raise UserError(f"groups={groups!r} must be a positive int")
     ksize, (channels, features) = kernel.shape[:nd], kernel.shape[nd:]
-    if x.shape[-1] != channels:
-        raise UserError(f"x has {x.shape[-1]} channels but the kernel expects {channels}; "
-                        f"kernel must be {klayout} with C = x.shape[-1]")
+    if x.shape[-1] != channels * groups:
+        raise UserError(f"x has {x.shape[-1]} channels but the kernel expects {channels} × {groups} "
+                        f"group(s); kernel must be {klayout} with C = x.shape[-1]")
+    if features % groups:
+        raise UserError(f"{features} kernels cannot be split into {groups} groups; "
+                        "K must be a multiple of groups")
     strides = _as_tuple(stride, nd, "stride")
     if impl not in IMPLS:
         raise unknown_name("convolution implementation", str(impl), IMPLS, "impl")
     if isinstance(padding, numbers.Integral) and not isinstance(padding, bool):
         if padding < 0:
             raise UserError(f"padding={padding} must be >= 0 (zeros on each side)")
-        x = jnp.pad(x, [(0, 0)] + [(int(padding), int(padding))] * nd + [(0, 0)])
-        padding = "valid"
-    if padding not in PADDINGS:
+        pads = [(int(padding), int(padding))] * nd
+    elif padding not in PADDINGS:
         raise unknown_name("padding mode", str(padding), PADDINGS, "padding")
-
-    if padding != "valid":
+    elif padding == "valid":
+        pads = [(0, 0)] * nd
+    else:
         if any(k % 2 == 0 for k in ksize):
             raise UserError(f"padding={padding!r} needs an odd kernel size to keep the output "
                             f"centred, got {tuple(ksize)}; use an odd kernel or padding='valid'")
-        pads = [(0, 0)] + [((k - 1) // 2, (k - 1) // 2) for k in ksize] + [(0, 0)]
-        x = jnp.pad(x, pads, mode="constant" if padding == "zero" else "edge")
+        pads = [((k - 1) // 2, (k - 1) // 2) for k in ksize]
+        if padding == "replicate":
+            x = jnp.pad(x, [(0, 0), *pads, (0, 0)], mode="edge")
+            pads = [(0, 0)] * nd
+    pads = tuple(pads)
 
-    size = x.shape[1:-1]
+    size = tuple(n + lo + hi for n, (lo, hi) in zip(x.shape[1:-1], pads))
     if any(k > n for k, n in zip(ksize, size)):
         raise UserError(f"kernel size {tuple(ksize)} is larger than the padded input "
                         f"{tuple(size)}; "
                         "use a smaller kernel, a larger input, or padding='zero'/'replicate'")
-    out = tuple((n - k) // s + 1 for n, k, s in zip(size, ksize, strides))
-
-    batch = x.shape[0]
-    offsets = list(itertools.product(*(range(k) for k in ksize)))
-
-    def shifted(offset):  # the input seen through one kernel offset: a strided slice
-        start = (0, *offset, 0)
-        limit = (batch, *(o + (m - 1) * s + 1 for o, m, s in zip(offset, out, strides)), channels)
-        return lax.slice(x, start, limit, (1, *strides, 1))
-
-    if impl == "sum":
-        # The lecture's sum: one term per kernel offset, contracted over channels.
-        acc = None
-        for offset in offsets:
-            term = jnp.einsum("...c,ck->...k", shifted(offset), kernel[offset])
-            acc = term if acc is None else acc + term
-    elif impl == "patches":
-        # The same sum as one matrix product: the shifted inputs side by side along
-        # channels (im2col) against the kernel bank flattened to (Π k · C, K).
-        patches = jnp.concatenate([shifted(o) for o in offsets], axis=-1)
-        acc = patches @ kernel.reshape(-1, features)
-    else:
-        spatial = "HW" if nd == 2 else "W"
-        dims = (f"N{spatial}C", f"{spatial}IO", f"N{spatial}C")
-        acc = lax.conv_general_dilated(x, kernel, strides, "VALID", dimension_numbers=dims)
+    conv = {"sum": _sum_conv, "patches": _patch_conv, "xla": _lax_conv, "auto": _auto_conv}[impl]
+    acc = conv(x, kernel, strides, pads, groups)
     if bias is not None:
         bias = jnp.asarray(bias)
         if bias.shape != (features,):
             raise UserError(f"bias has shape {bias.shape}; expected ({features},), one per kernel")
-        acc = acc + bias.reshape((1,) * (nd + 1) + (features,))
+        acc = acc + bias.reshape((1,) * (nd + 1) + (features,)).astype(acc.dtype)
     return acc
 
 
 def conv1d(x: Array, kernel: Array, bias: Array | None = None, stride: int | Sequence[int] = 1,
-           padding: str | int = "valid", impl: str = "sum") -> Array:
+           padding: str | int = "valid", impl: str = "sum", groups: int = 1) -> Array:
     """1D convolution s(i) = Σ_x Σ_c z(i·stride + x, c)·u(x, c, k) + b_k.
 
     Args:
       x: (B, W, C) input.
-      kernel: (k, C, K) bank of K kernels, each spanning all C channels.
+      kernel: (k, C/G, K) bank of K kernels, each spanning all C/G channels of its group.
       bias: optional (K,), one per kernel.
       stride: step between output positions (int or 1-tuple), ≥ 1.
       padding: "valid" (no padding: W_out = (W − k)//stride + 1), "zero" or
@@ -124,31 +239,35 @@ def conv1d(x: Array, kernel: Array, bias: Array | None = None, stride: int | Seq
         on each side.
       impl: how the sum is computed, all equal up to float rounding: "sum" (one
         term per kernel offset, as written), "patches" (the offsets side by side,
-        one matrix product; fastest for small channel counts on the CPU) or "xla"
-        (`lax.conv_general_dilated`).
+        one matrix product), "xla" (`lax.conv_general_dilated`) or "auto" (on
+        the CPU the fastest of these for the shape, with a matrix-product input
+        gradient where XLA:CPU's own is slow; `lax` elsewhere).
+      groups: G; channel group g of the input feeds only kernels g·K/G … (g+1)·K/G − 1
+        (AlexNet's two towers are G = 2). C and K must be multiples of G.
 
     Returns:
       (B, W_out, K).
 
     Raises:
       ValueError: bad shapes, a non-positive stride, an even kernel with
-        "zero"/"replicate", a kernel larger than the padded input, or an
-        unknown padding mode.
+        "zero"/"replicate", a kernel larger than the padded input, channels
+        that do not split into the groups, or an unknown padding mode.
     """
-    return _conv_nd(x, kernel, bias, stride, padding, nd=1, impl=impl)
+    return _conv_nd(x, kernel, bias, stride, padding, nd=1, impl=impl, groups=groups)
 
 
 def conv2d(x: Array, kernel: Array, bias: Array | None = None, stride: int | Sequence[int] = 1,
-           padding: str | int = "valid", impl: str = "sum") -> Array:
+           padding: str | int = "valid", impl: str = "sum", groups: int = 1) -> Array:
     """2D (tensor) convolution s(j, i) = Σ_y Σ_x Σ_c z(j·s_h + y, i·s_w + x, c)·u(y, x, c, k) + b_k.
 
     Args:
       x: (B, H, W, C) input.
-      kernel: (kh, kw, C, K) bank of K kernels, each spanning all C channels.
+      kernel: (kh, kw, C/G, K) bank of K kernels.
       bias: optional (K,), one per kernel.
       stride: int or (s_h, s_w), each ≥ 1.
       padding: "valid", "zero", "replicate" or an int, as in `conv1d`, per spatial dim.
-      impl: "sum", "patches" or "xla", as in `conv1d`.
+      impl: "sum", "patches", "xla" or "auto", as in `conv1d`.
+      groups: G, as in `conv1d`.
 
     Returns:
       (B, H_out, W_out, K).
@@ -156,23 +275,28 @@ def conv2d(x: Array, kernel: Array, bias: Array | None = None, stride: int | Seq
     Raises:
       ValueError: as `conv1d`.
     """
-    return _conv_nd(x, kernel, bias, stride, padding, nd=2, impl=impl)
+    return _conv_nd(x, kernel, bias, stride, padding, nd=2, impl=impl, groups=groups)
 
 
 class Conv(nn.Module):
     """Convolution layer over `conv1d`/`conv2d`, with "replicate" padding available.
 
     Use `Conv1D` or `Conv2D`; both are this class with `ndim` fixed. Parameters
-    are "kernel" (*kernel_size, C, features) and "bias" (features,): a layer has
-    (Π kernel_size · C + 1) · features of them with a bias.
+    are "kernel" (*kernel_size, C/G, features) and "bias" (features,), named and
+    shaped as `flax.linen.Conv`'s: a layer has (Π kernel_size · C/G + 1) · features
+    of them with a bias.
 
     Attributes:
       features: K, the number of kernels.
       kernel_size: int or one int per spatial dim.
       strides: int or one int per spatial dim.
       padding: "valid", "zero", "replicate", or an int (zeros on each side).
-      impl: "sum", "patches" or "xla" (see `conv1d`).
+      impl: "auto" (the fastest formulation per backend and shape), "sum",
+        "patches" or "xla" (see `conv1d`).
+      groups: G, channel groups (see `conv1d`).
       use_bias: add a bias per kernel.
+      dtype: computation dtype (None: that of the input and parameters); the
+        parameters stay in `param_dtype`.
       kernel_init, bias_init: initialisers.
       ndim: number of spatial dims (1 or 2).
     """
@@ -181,8 +305,10 @@ class Conv(nn.Module):
     kernel_size: int | Sequence[int]
     strides: int | Sequence[int] = 1
     padding: str | int = "valid"
-    impl: str = "sum"
+    impl: str = "auto"
+    groups: int = 1
     use_bias: bool = True
+    dtype: Any = None
     kernel_init: Callable = nn.initializers.lecun_normal()
     bias_init: Callable = nn.initializers.zeros_init()
     param_dtype: jnp.dtype = jnp.float32
@@ -193,11 +319,16 @@ class Conv(nn.Module):
         if self.ndim not in (1, 2):
             raise UserError(f"ndim={self.ndim}; Conv supports 1 or 2 spatial dims")
         ksize = _as_tuple(self.kernel_size, self.ndim, "kernel_size")
-        kernel = self.param("kernel", self.kernel_init, (*ksize, x.shape[-1], self.features),
-                            self.param_dtype)
+        if not isinstance(self.groups, numbers.Integral) or self.groups < 1 or x.shape[-1] % self.groups:
+            raise UserError(f"groups={self.groups!r} must be a positive int dividing the "
+                            f"{x.shape[-1]} input channels")
+        kernel = self.param("kernel", self.kernel_init,
+                            (*ksize, x.shape[-1] // self.groups, self.features), self.param_dtype)
         bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
                 if self.use_bias else None)
-        return _conv_nd(x, kernel, bias, self.strides, self.padding, self.ndim, self.impl)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        return _conv_nd(x, kernel, bias, self.strides, self.padding, self.ndim, self.impl,
+                        self.groups)
 
 
 Conv1D = functools.partial(Conv, ndim=1)

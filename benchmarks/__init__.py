@@ -1,0 +1,1 @@
+"""Speed of jaxdl's train steps against PyTorch and against plain Flax, written to RESULTS.md."""
