@@ -29,6 +29,7 @@ import shutil
 import sys
 import tempfile
 import time
+import traceback
 from typing import Any
 
 import jax
@@ -149,6 +150,38 @@ class _HeldStderr:
         return False
 
 
+def _is_late_tensorstore_callback(u: Any) -> bool:
+    """True for the one unraisable exception a failed tensorstore operation leaves behind.
+
+    When a read or write fails, Orbax's event loop closes while tensorstore's threads
+    are still finishing the operation's other chunks; each then calls
+    `loop.call_soon_threadsafe` to resolve its future, which raises "Event loop is
+    closed" on a thread that has no caller to raise into, so Python reports it as
+    unraisable (object None), at any later moment. The failure itself reaches the caller
+    as CheckpointError.
+    """
+    if u.object is not None or not isinstance(u.exc_value, RuntimeError) or str(u.exc_value) != "Event loop is closed":
+        return False
+    frames = [f.f_code.co_name for f, _ in traceback.walk_tb(u.exc_traceback)]
+    return frames[-2:] == ["call_soon_threadsafe", "_check_closed"]
+
+
+def _drop_late_tensorstore_callbacks() -> None:
+    """Installs (once per process) an unraisable-exception hook in front of the current
+    one that drops exactly `_is_late_tensorstore_callback`'s reports and passes on every
+    other report unchanged."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_jaxdl_filter", False):
+        return
+
+    def hook(u):
+        if not _is_late_tensorstore_callback(u):
+            previous(u)
+
+    hook._jaxdl_filter = True
+    sys.unraisablehook = hook
+
+
 def _reason(e: BaseException) -> str:
     """An exception as a short single line (tensorstore's messages run to kilobytes)."""
     text = " ".join(str(e).split()) or type(e).__name__
@@ -168,6 +201,7 @@ class Checkpoints:
     """Saves and restores one pytree (the train state) by step."""
 
     def __init__(self, workdir: str, keep: int = 3):
+        _drop_late_tensorstore_callbacks()
         self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
         self._manager = ocp.CheckpointManager(
             self.directory, item_names=(STATE, MANIFEST),

@@ -654,3 +654,24 @@ def test_every_shipped_config_passes_validation():
             validate.check_config(config)
             checked += 1
     assert checked >= 25
+
+
+def test_only_tensorstores_late_callbacks_are_dropped_from_unraisable_reports(monkeypatch):
+    import asyncio
+    import types
+
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", seen.append)
+    checkpoint._drop_late_tensorstore_callbacks()
+    checkpoint._drop_late_tensorstore_callbacks()  # installed once, not stacked
+    loop = asyncio.new_event_loop()
+    loop.close()
+    try:
+        loop.call_soon_threadsafe(print)
+    except RuntimeError as e:
+        late = e
+    other = RuntimeError("Event loop is closed")  # the same words from elsewhere are kept
+    for exc, obj in [(late, None), (other, None), (late, "an object"), (ValueError("x"), None)]:
+        sys.unraisablehook(types.SimpleNamespace(object=obj, exc_value=exc, exc_traceback=exc.__traceback__))
+    assert [u.object for u in seen] == [None, "an object", None]
+    assert seen[0].exc_value is other and seen[1].exc_value is late and isinstance(seen[2].exc_value, ValueError)

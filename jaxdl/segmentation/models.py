@@ -16,6 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdl.nn.conv import Conv2D
+from jaxdl.nn.pool import max_pool
+
 UPSAMPLING = ("bilinear", "learned")
 
 
@@ -107,7 +110,7 @@ class _DoubleConv(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         for _ in range(2):
-            x = nn.Conv(self.features, (3, 3), padding=1, use_bias=False)(x)
+            x = Conv2D(self.features, 3, padding=1, use_bias=False)(x)
             x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(x)
             x = nn.relu(x)
         return x
@@ -142,7 +145,7 @@ class UNet(nn.Module):
             y = x
             for i, f in enumerate(self.features):
                 if i:
-                    y = nn.max_pool(y, (2, 2), (2, 2))
+                    y = max_pool(y, 2)
                 y = _DoubleConv(f, name=f"down{i}")(y, train)
                 maps.append(y)
         else:
