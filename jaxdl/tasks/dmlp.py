@@ -21,6 +21,7 @@ import numpy as np
 from jaxdl import backprop
 from jaxdl import data as data_lib
 from jaxdl.errors import UserError
+from jaxdl.loop import write_atomic
 from jaxdl.train import summarise
 
 
@@ -65,8 +66,7 @@ def accuracy(us: list[jax.Array], x: np.ndarray, y: np.ndarray, activations: Seq
 
 def write_results(workdir: str, result: dict) -> None:
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(result, f, indent=2)
+    write_atomic(os.path.join(workdir, "results.json"), json.dumps(result, indent=2))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from jaxdl.loop import write_atomic
 from jaxdl.models import perceptron
 from jaxdl.tasks import dmlp
 from jaxdl.train import summarise
@@ -66,8 +67,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                      "train_time_s": round(time.time() - t0, 2)})
     os.makedirs(workdir, exist_ok=True)
     result = {"dataset": config.dataset.name, "seeds": config.num_seeds, "rows": rows}
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(result, f, indent=2)
+    write_atomic(os.path.join(workdir, "results.json"), json.dumps(result, indent=2))
     lines = [f"# The three generations on {config.dataset.name}, {config.num_seeds} seeds", "",
              "| generation | activation | cost | training | test accuracy (%) |", "|---|---|---|---|---|"]
     for r in rows:
@@ -75,7 +75,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         lines.append(f"| {r['generation']} | {r['activation']} | {r['cost']} | {r['training']} | "
                      f"{100 * r['test_accuracy']:.1f} ± {100 * std:.1f} |")
     table = "\n".join(lines) + "\n"
-    with open(os.path.join(workdir, "results.md"), "w") as f:
-        f.write(table)
+    write_atomic(os.path.join(workdir, "results.md"), table)
     print_fn(table)
     return result

@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 
 from jaxdl import backprop
+from jaxdl.loop import write_atomic
 from jaxdl.models import perceptron
 
 INPUTS = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], np.float32)
@@ -45,12 +46,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         rows.append({"model": f"MLP {sizes} (sigmoid, MSE, Algorithm 4-1)", "gate": gate,
                      "accuracy": acc, "outputs": [round(float(o), 4) for o in out]})
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump({"rows": rows}, f, indent=2)
+    write_atomic(os.path.join(workdir, "results.json"), json.dumps({"rows": rows}, indent=2))
     lines = ["| model | gate | accuracy (%) |", "|---|---|---|"]
     lines += [f"| {r['model']} | {r['gate']} | {100 * r['accuracy']:.0f} |" for r in rows]
     table = "\n".join(lines) + "\n"
-    with open(os.path.join(workdir, "results.md"), "w") as f:
-        f.write(table)
+    write_atomic(os.path.join(workdir, "results.md"), table)
     print_fn(table)
     return {"rows": rows}

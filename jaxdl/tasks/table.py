@@ -16,6 +16,7 @@ from typing import Any
 import ml_collections
 
 from jaxdl import tasks
+from jaxdl.loop import write_atomic
 
 
 def _row_result(labels: dict, config: ml_collections.ConfigDict, result: dict) -> dict:
@@ -57,10 +58,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         result = task.train_and_evaluate(row.config, os.path.join(workdir, name), print_fn=print_fn)
         results.append(_row_result(row.labels.to_dict(), row.config, result))
     table = {"title": config.get("title", ""), "rows": results}
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(table, f, indent=2)
+    write_atomic(os.path.join(workdir, "results.json"), json.dumps(table, indent=2))
     markdown = format_markdown(table["title"], results)
-    with open(os.path.join(workdir, "results.md"), "w") as f:
-        f.write(markdown)
+    write_atomic(os.path.join(workdir, "results.md"), markdown)
     print_fn(markdown)
     return table
