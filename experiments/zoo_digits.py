@@ -7,18 +7,18 @@ Argument: `lenet5`, `alexnet`, `vgg11`, `vgg16`, `googlenet`, `resnet18` (defaul
 least 97 % test accuracy on the 360 test digits for every architecture, each run within
 5 minutes on a 2-core CPU.
 Measured with the command above (wall time: start-up, compilation and training) on
-2 CPU cores with a load average of at most 2.3 during the runs:
+2 CPU cores, one run after another, with a load average of 0.1–1.7 during the runs:
 
 | argument | model | training (steps × batch) | params | test accuracy | time |
 |---|---|---|---|---|---|
-| `lenet5` | LeNet-5 (tanh, average pooling) | SGD, lr 0.05, 600 × 64 | 61,706 | 99.2 % | 23 s |
-| `alexnet` | AlexNet, small input, width 1/8 | SGD, lr 0.02, 500 × 64 | 474,018 | 98.9 % | 72 s |
-| `vgg11` | VGG-11, width 1/8 | Adam, lr 1e-3, 600 × 64 | 445,482 | 98.9 % | 60 s |
-| `vgg16` | VGG-16, width 1/8, batch norm | SGD, lr 0.05, 400 × 64 | 532,018 | 99.2 % | 73 s |
-| `googlenet` | GoogLeNet, width 1/4 | Adam, lr 2e-3, 500 × 64 | 377,478 | 98.9 % | 107 s |
-| `resnet18` | ResNet-18, width 1/4 | SGD, lr 0.05, 300 × 64 | 701,818 | 99.7 % | 41 s |
-| `resnet34` | ResNet-34, width 1/4 | SGD, lr 0.05, 200 × 64 | 1,334,970 | 98.9 % | 49 s |
-| `resnet50` | ResNet-50, width 1/4 | SGD, lr 0.02, 400 × 64 | 1,484,538 | 98.9 % | 87 s |
+| `lenet5` | LeNet-5 (tanh, average pooling) | SGD, lr 0.05, 600 × 64 | 61,706 | 99.2 % | 31 s |
+| `alexnet` | AlexNet, small input, width 1/8 | SGD, lr 0.02, 500 × 64 | 474,018 | 98.9 % | 88 s |
+| `vgg11` | VGG-11, width 1/8 | Adam, lr 1e-3, 600 × 64 | 445,482 | 98.9 % | 53 s |
+| `vgg16` | VGG-16, width 1/8, batch norm | SGD, lr 0.05, 400 × 64 | 532,018 | 98.9 % | 73 s |
+| `googlenet` | GoogLeNet, width 1/4 | Adam, lr 2e-3, 500 × 64 | 377,478 | 97.8 % | 150 s |
+| `resnet18` | ResNet-18, width 1/4 | SGD, lr 0.05, 300 × 64 | 701,818 | 99.7 % | 55 s |
+| `resnet34` | ResNet-34, width 1/4 | SGD, lr 0.05, 200 × 64 | 1,334,970 | 97.8 % | 63 s |
+| `resnet50` | ResNet-50, width 1/4 | SGD, lr 0.02, 400 × 64 | 1,484,538 | 99.7 % | 107 s |
 
 With other jobs on the same cores (load average 5–8) the times were 2–2.5× longer
 (GoogLeNet at 600 steps: 308 s). Compilation takes a large share of each time, most
@@ -36,20 +36,20 @@ Every architecture in one table, the lecture's "evolution of CNNs":
 Writes `W/results.md` and `W/results.json`; each row is the run of
 `experiments/zoo_digits.py:<model>`. `depth` is the paper's count of weight layers
 (convolutions and dense layers on the main path), `params` that of the trained
-variant, counted from the shapes of `model.init`. Measured: 7.5 minutes for the
-eight rows on 2 CPU cores (load average about 2); the train time is the loop's,
+variant, counted from the shapes of `model.init`. Measured: 10 min 52 s for the
+eight rows on 2 CPU cores (load average 2–3); the train time is the loop's,
 with the train step's compilation but not `model.init`'s:
 
 | model | year | depth | params | seeds | test accuracy (%) | train time (s) |
 |---|---|---|---|---|---|---|
-| lenet5 | 1998 | 5 | 61706 | 1 | 99.2 ± 0.0 | 13.5 |
-| alexnet | 2012 | 8 | 474018 | 1 | 98.9 ± 0.0 | 62.4 |
-| vgg11 | 2014 | 11 | 445482 | 1 | 98.9 ± 0.0 | 43.25 |
-| vgg16 | 2014 | 16 | 532018 | 1 | 99.2 ± 0.0 | 45.59 |
-| googlenet | 2014 | 22 | 377478 | 1 | 98.9 ± 0.0 | 59.46 |
-| resnet18 | 2015 | 18 | 701818 | 1 | 99.7 ± 0.0 | 23.76 |
-| resnet34 | 2015 | 34 | 1334970 | 1 | 98.9 ± 0.0 | 31.32 |
-| resnet50 | 2015 | 50 | 1484538 | 1 | 98.9 ± 0.0 | 71.05 |
+| lenet5 | 1998 | 5 | 61706 | 1 | 99.2 ± 0.0 | 13.97 |
+| alexnet | 2012 | 8 | 474018 | 1 | 98.9 ± 0.0 | 78.4 |
+| vgg11 | 2014 | 11 | 445482 | 1 | 98.9 ± 0.0 | 26.78 |
+| vgg16 | 2014 | 16 | 532018 | 1 | 98.9 ± 0.0 | 64.29 |
+| googlenet | 2014 | 22 | 377478 | 1 | 97.8 ± 0.0 | 82.8 |
+| resnet18 | 2015 | 18 | 701818 | 1 | 99.7 ± 0.0 | 27.06 |
+| resnet34 | 2015 | 34 | 1334970 | 1 | 97.8 ± 0.0 | 40.04 |
+| resnet50 | 2015 | 50 | 1484538 | 1 | 99.7 ± 0.0 | 97.35 |
 """
 import functools
 
