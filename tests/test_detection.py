@@ -12,7 +12,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from experiments import detect_coco, detect_digit_scenes, detect_voc
-from jaxdl import loop, tasks
+from jaxdl import data, loop, tasks
 from jaxdl.data import scenes
 from jaxdl.detection import boxes, loss, metrics, nms, ssd
 from jaxdl.errors import UserError
@@ -329,6 +329,12 @@ def test_one_train_step_on_mocked_voc(tmp_path, quick_init):
     with mock_voc():
         ds = scenes.load_scenes("voc/2007", "train", image_size=96, dtype=np.uint8)
         # Mocked box and label lists disagree in length: each example keeps the shorter.
+        source, _ = data.data_source("voc/2007", "train")
+        objects = [source[i]["objects"] for i in range(len(source))]
+        n_boxes = np.array([len(o["bbox"]) for o in objects])
+        n_labels = np.array([len(o["label"]) for o in objects])
+        assert np.any(n_boxes != n_labels), "the mocked lists agree now: this test no longer covers that"
+        np.testing.assert_array_equal(ds.mask.sum(1), np.minimum(n_boxes, n_labels))
         assert ds.images.shape == (4, 96, 96, 3) and ds.images.dtype == np.uint8 and ds.num_classes == 20
         assert ds.mask.sum() > 0 and ds.boxes.shape[1] == ds.mask.sum(1).max()
         result = detection.train_and_evaluate(tiny_voc_config(), str(tmp_path), print_fn=lambda s: None)

@@ -304,6 +304,67 @@ def test_train_step(name, make, channels, key):
                                 jax.tree_util.tree_leaves(new["batch_stats"])[0])
 
 
+# Every exported variant with its real layers, at 1/16 width on a 32×32 input (2×16×16
+# for ResNet-101/152, whose compile time grows with depth and not with the input).
+VARIANTS = [
+    ("LeNet5", partial(LeNet5, small_input=True), 1, 32),
+    ("AlexNet", partial(AlexNet, small_input=True), 3, 32),
+    ("AlexNet-2towers", partial(AlexNet, small_input=True, groups=2), 3, 32),
+    ("VGG11", partial(VGG11, small_input=True), 3, 32),
+    ("VGG13", partial(VGG13, small_input=True), 3, 32),
+    ("VGG16", partial(VGG16, small_input=True), 3, 32),
+    ("VGG19", partial(VGG19, small_input=True), 3, 32),
+    ("VGG16-bn", partial(VGG16, small_input=True, batch_norm=True), 3, 32),
+    ("GoogLeNet-aux", partial(GoogLeNet, small_input=True, aux_logits=True), 3, 32),
+    ("ResNet18", partial(ResNet18, small_input=True), 3, 32),
+    ("ResNet34", partial(ResNet34, small_input=True), 3, 32),
+    ("ResNet50", partial(ResNet50, small_input=True), 3, 32),
+    ("ResNet101", partial(ResNet101, small_input=True), 3, 16),
+    ("ResNet152", partial(ResNet152, small_input=True), 3, 16),
+]
+# XLA:CPU's compile time, not the step, is the cost here: level 0 (as test_conv.py etc.).
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
+
+
+@pytest.mark.parametrize("name,make,channels,size", VARIANTS, ids=[v[0] for v in VARIANTS])
+def test_framework_train_step_every_variant(name, make, channels, size, key):
+    """jaxdl.train's create_state and train_step on every variant: one jitted SGD step
+    changes the parameters (and BN statistics), a second step does not retrace."""
+    from jaxdl import train
+
+    model = make(num_classes=10, width=1 / 16)
+    x = jax.random.normal(key, (2, size, size, channels))
+    y = jnp.arange(2) % 10
+    tx = optax.sgd(0.05, momentum=0.9)
+    init = jax.jit(lambda k, x: train.create_state(k, model, tx, x), compiler_options=FAST_COMPILE)
+    state = init(key, x[:1])
+    # The real configuration: the same layers, parameter for parameter, as at full width.
+    full = jax.eval_shape(make(num_classes=10).init, key, x[:1])
+    assert jax.tree.structure(state.params) == jax.tree.structure(full["params"])
+    assert ("batch_stats" in full) == bool(state.batch_stats)
+    assert 0 < count_params(state.params) < count_params(full["params"])
+
+    chex.clear_trace_counter()
+    step = jax.jit(chex.assert_max_traces(train.train_step, n=1), compiler_options=FAST_COMPILE)
+    new, metrics = step(state, {"x": x, "y": y})
+    newer, metrics2 = step(new, {"x": x, "y": y})  # a retrace would raise here
+    assert np.isfinite(metrics["loss"]) and np.isfinite(metrics2["loss"])
+    assert np.isfinite(metrics["grad_norm"]) and metrics["grad_norm"] > 0
+    assert int(newer.step) == 2
+
+    def moved(a, b):
+        return jax.tree.leaves(jax.tree.map(lambda u, v: bool(jnp.any(u != v)), a, b))
+
+    assert all(moved(state.params, new.params)[-2:])  # the classifier's kernel and bias
+    assert any(moved(state.params, new.params)[:-2])  # and layers below it
+    if name.startswith("GoogLeNet"):  # the auxiliary heads are trained too
+        aux = [k for k in state.params if k.startswith("aux")]
+        assert len(aux) == 2 and all(moved({k: state.params[k] for k in aux},
+                                           {k: new.params[k] for k in aux}))
+    if state.batch_stats:
+        assert all(moved(state.batch_stats, new.batch_stats))
+
+
 # ---------------------------------------------------------------- local response normalisation
 
 
