@@ -56,13 +56,23 @@ class StateMismatch(UserError):
         self.detail = detail
 
 
+def _host(leaf: Any) -> np.ndarray:
+    """A leaf's whole value on this host; arrays spread over several processes are gathered
+    (a collective: every process digests the same tree)."""
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
+    return jax.device_get(leaf)
+
+
 def digest(tree: Any) -> str:
     """SHA-256 over the dtype, shape and bytes of every array leaf, in tree order."""
     h = hashlib.sha256()
     for leaf in jax.tree.leaves(tree):
         if hasattr(leaf, "dtype") and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
             leaf = jax.random.key_data(leaf)
-        a = np.ascontiguousarray(jax.device_get(leaf))
+        a = np.ascontiguousarray(_host(leaf))
         h.update(f"{a.dtype.str}{a.shape};".encode())
         h.update(a.tobytes())
     return h.hexdigest()
@@ -166,16 +176,29 @@ def _is_late_tensorstore_callback(u: Any) -> bool:
     return frames[-2:] == ["call_soon_threadsafe", "_check_closed"]
 
 
+def _is_abandoned_orbax_read(u: Any) -> bool:
+    """True for an Orbax read of one array that was closed, unfinished, after another read failed.
+
+    When one array of a damaged checkpoint cannot be read, the restore fails and the reads
+    of the other arrays still pending are closed; Orbax turns the GeneratorExit into an
+    Exception inside the coroutine, which Python reports as unraisable when the coroutine
+    is collected. The failure itself reaches the caller as CheckpointError.
+    """
+    code = getattr(u.object, "cr_code", None)
+    return (code is not None and code.co_name == "_read_array_index_and_device_put"
+            and isinstance(getattr(u.exc_value, "__cause__", None), GeneratorExit))
+
+
 def _drop_late_tensorstore_callbacks() -> None:
     """Installs (once per process) an unraisable-exception hook in front of the current
-    one that drops exactly `_is_late_tensorstore_callback`'s reports and passes on every
-    other report unchanged."""
+    one that drops exactly the reports of `_is_late_tensorstore_callback` and
+    `_is_abandoned_orbax_read` and passes on every other report unchanged."""
     previous = sys.unraisablehook
     if getattr(previous, "_jaxdl_filter", False):
         return
 
     def hook(u):
-        if not _is_late_tensorstore_callback(u):
+        if not (_is_late_tensorstore_callback(u) or _is_abandoned_orbax_read(u)):
             previous(u)
 
     hook._jaxdl_filter = True
@@ -228,7 +251,7 @@ class Checkpoints:
 
     def save(self, step: int, tree: Any) -> None:
         """Writes `tree` as checkpoint `step`; raises CheckpointError (leaving no partial folder) on failure."""
-        if not self._cleaned:
+        if not self._cleaned and jax.process_index() == 0:
             # Left by a run killed mid-write. Only a training process saves, so no write
             # of another process (an evaluation of this workdir) is in flight here.
             for name in os.listdir(self.directory):
@@ -314,8 +337,12 @@ class Checkpoints:
             manager.close()
 
     def read(self, step: int) -> dict:
-        """The saved state as plain nested dicts of arrays (no structure to restore into)."""
-        return self._manager.restore(step, args=ocp.args.Composite(**{STATE: ocp.args.StandardRestore()}))[STATE]
+        """The saved state as plain nested dicts of arrays (no structure to restore into), on this
+        process's first device, whatever devices wrote it."""
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        like = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                            self._manager.item_metadata(step)[STATE])
+        return self._manager.restore(step, args=ocp.args.Composite(**{STATE: ocp.args.StandardRestore(like)}))[STATE]
 
     def close(self) -> None:
         self._manager.close()

@@ -671,7 +671,25 @@ def test_only_tensorstores_late_callbacks_are_dropped_from_unraisable_reports(mo
     except RuntimeError as e:
         late = e
     other = RuntimeError("Event loop is closed")  # the same words from elsewhere are kept
-    for exc, obj in [(late, None), (other, None), (late, "an object"), (ValueError("x"), None)]:
+    from orbax.checkpoint._src.serialization import serialization
+
+    # An Orbax array read closed unfinished (GeneratorExit, wrapped by Orbax) is dropped;
+    # another coroutine's, or the same read failing otherwise, is kept.
+    read = serialization._read_array_index_and_device_put(None, None, None, global_shape=None, new_shard_shape=None,
+                                                          dtype=None, byte_limiter=None, strict=True, dll=None,
+                                                          memory_kind=None)
+    closed = Exception("Encountered error while reading array index")
+    closed.__cause__ = GeneratorExit()
+
+    async def elsewhere():
+        pass
+
+    stranger = elsewhere()
+    reports = [(late, None), (other, None), (late, "an object"), (ValueError("x"), None), (closed, read),
+               (closed, stranger), (ValueError("x"), read)]
+    for exc, obj in reports:
         sys.unraisablehook(types.SimpleNamespace(object=obj, exc_value=exc, exc_traceback=exc.__traceback__))
-    assert [u.object for u in seen] == [None, "an object", None]
+    read.close()
+    stranger.close()
+    assert [u.object for u in seen] == [None, "an object", None, stranger, read]
     assert seen[0].exc_value is other and seen[1].exc_value is late and isinstance(seen[2].exc_value, ValueError)
