@@ -6,6 +6,11 @@ e.g. `--config.optim.lr=0.05`. With no flags it trains the MNIST-1D CNN
 
 Modes that read a finished run (`eval`, `pictures`, `report`) take its own
 `W/config.json` when `--config` is not given: `python launch.py --workdir=W --mode=report`.
+
+Several processes (hosts) train one model together when each is started with
+`--coordinator_address=HOST:PORT --num_processes=N --process_id=I` (or the environment
+variables JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID), or with
+`--distributed` alone on a cluster JAX detects by itself (Cloud TPU pods, SLURM, Open MPI).
 """
 import os
 import sys
@@ -63,6 +68,12 @@ flags.DEFINE_enum("mode", "train", MODES, "train: train (resuming from the workd
                   "eval: evaluate the workdir's latest checkpoint; summary: print the model's "
                   "layers and parameter counts; show: print the config; pictures: draw the run's "
                   "pictures in W/pictures; report: pictures, then W/report.md and W/report.html.")
+flags.DEFINE_string("coordinator_address", None, "Several processes: HOST:PORT of process 0's coordinator "
+                    "(default $JAX_COORDINATOR_ADDRESS).")
+flags.DEFINE_integer("num_processes", None, "Several processes: how many (default $JAX_NUM_PROCESSES).")
+flags.DEFINE_integer("process_id", None, "Several processes: this one's index, 0 … N-1 (default $JAX_PROCESS_ID).")
+flags.DEFINE_bool("distributed", False, "Join the other processes of a cluster JAX detects by itself "
+                  "(Cloud TPU pod, SLURM, Open MPI) with jax.distributed.initialize().")
 FLAGS = flags.FLAGS
 
 
@@ -98,7 +109,7 @@ def main(argv: list[str]) -> None:
         logging.set_verbosity(logging.WARNING)
     import jax
 
-    from jaxdl import report, tasks, validate
+    from jaxdl import parallel, report, tasks, validate
     from jaxdl.errors import UserError
     from jaxdl.loop import TrainingDiverged
 
@@ -106,6 +117,14 @@ def main(argv: list[str]) -> None:
     if FLAGS.mode == "show":
         print(config)
         return
+    try:
+        address = FLAGS.coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS") or None
+        count = FLAGS.num_processes if FLAGS.num_processes is not None else parallel.env_int("JAX_NUM_PROCESSES")
+        index = FLAGS.process_id if FLAGS.process_id is not None else parallel.env_int("JAX_PROCESS_ID")
+        if FLAGS.distributed or address or count is not None or index is not None:
+            parallel.initialize(address, count, index)
+    except UserError as e:
+        _fail(str(e))
     workdir = FLAGS.workdir or default_workdir()
     source = config_flags.get_config_filename(FLAGS["config"])
     if FLAGS.mode in WORKDIR_MODES and not FLAGS["config"].present:
@@ -117,8 +136,12 @@ def main(argv: list[str]) -> None:
         except UserError as e:
             _fail(str(e))
         source = os.path.join(workdir, "config.json")
-    print(f"jaxdl: {jax.device_count()} {jax.devices()[0].platform} device(s); "
-          f"config {source}; workdir {workdir}", flush=True)
+    if parallel.is_main_process():
+        processes = f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""
+        print(f"jaxdl: {jax.device_count()} {jax.devices()[0].platform} device(s){processes}; "
+              f"config {source}; workdir {workdir}", flush=True)
+    if jax.process_count() > 1 and FLAGS.mode not in ("train", "eval"):
+        _fail(f"--mode={FLAGS.mode} runs in one process; start it without the multi-process flags")
     try:
         validate.check_config(config)  # every value, before any data is read or anything written
         if FLAGS.mode == "pictures":
@@ -134,7 +157,7 @@ def main(argv: list[str]) -> None:
         if FLAGS.mode == "train":
             validate.check_workdir(workdir)
         getattr(task, run[FLAGS.mode])(config, workdir)
-        if FLAGS.mode == "train":  # the loop drew the pictures; the report puts them on one page
+        if FLAGS.mode == "train" and parallel.is_main_process():  # the report puts the pictures on one page
             report.write_report(config, workdir, pictures=False)
     except UserError as e:
         _fail(str(e))
@@ -145,6 +168,15 @@ def main(argv: list[str]) -> None:
               f"rerun the same command once it is fixed to resume from the last checkpoint")
     except KeyboardInterrupt:
         _fail("interrupted; rerun the same command to resume from the last checkpoint", code=130)
+    except Exception:
+        if jax.process_count() == 1:
+            raise
+        # The other processes wait in a collective for this one: exit at once (they stop when
+        # the coordinator misses its heartbeat) instead of waiting at JAX's shutdown barrier.
+        import traceback
+
+        traceback.print_exc()
+        _fail(f"process {jax.process_index()} failed (traceback above)", code=1)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ paper's plain VGG). GoogLeNet is trained without its auxiliary classifiers.
 """
 import ml_collections
 
+from jaxdl import parallel
+
 # Per-channel mean and std of the 50,000 CIFAR-10 training images (pixels in [0, 1]).
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -79,6 +81,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.augment.flip = True
 
     config.model = ml_collections.ConfigDict(MODELS[arch])
+
+    # Devices and precision (jaxdl.parallel): a mesh over every device, the batch split over
+
+    # them, the state replicated (parallel.fsdp > 1 shards it); float32, bfloat16 or float16.
+
+    config.parallel = parallel.default_config()
+
+    config.precision = "float32"
+
 
     config.optim = ml_collections.ConfigDict()
     config.optim.name = "sgd"

@@ -57,6 +57,8 @@ Python's GIL limits threads; measure with the command above on that host).
 """
 import ml_collections
 
+from jaxdl import parallel
+
 # Per-channel mean and std of the ImageNet training images (pixels in [0, 1]).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -132,6 +134,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict(MODELS[arch])
 
     resnet = arch.startswith("resnet")
+    # Devices and precision (jaxdl.parallel): a mesh over every device, the batch split over
+    # them, the state replicated (parallel.fsdp > 1 shards it); float32, bfloat16 or float16.
+    config.parallel = parallel.default_config()
+    config.precision = "float32"
+
     config.optim = ml_collections.ConfigDict()
     config.optim.name = "sgd"
     config.optim.lr = 0.1 if resnet else 0.01

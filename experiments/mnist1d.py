@@ -12,6 +12,8 @@ Expected test accuracy (paper): logreg 32 %, MLP 68 %, CNN 94 %; shuffled 32 %,
 """
 import ml_collections
 
+from jaxdl import parallel
+
 MODELS = {
     "logreg": {"name": "LogReg"},
     "mlp": {"name": "MLP", "features": (100, 100), "activation": "relu"},
@@ -53,6 +55,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.dataset.image_size = ml_collections.config_dict.placeholder(int)
 
     config.model = ml_collections.ConfigDict(MODELS[model])
+
+    # Devices and precision (jaxdl.parallel): a mesh over every device, the batch split over
+
+    # them, the state replicated (parallel.fsdp > 1 shards it); float32, bfloat16 or float16.
+
+    config.parallel = parallel.default_config()
+
+    config.precision = "float32"
+
 
     config.optim = ml_collections.ConfigDict()
     config.optim.name = "adam"

@@ -57,7 +57,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from jaxdl import models
+from jaxdl import models, parallel
 
 # Mean and std of the 32×32 training images (pixels in [0, 1]).
 DIGITS_MEAN, DIGITS_STD = 0.305, 0.324
@@ -165,6 +165,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.augment.flip = False
 
     config.model = ml_collections.ConfigDict(model)
+
+    # Devices and precision (jaxdl.parallel): a mesh over every device, the batch split over
+
+    # them, the state replicated (parallel.fsdp > 1 shards it); float32, bfloat16 or float16.
+
+    config.parallel = parallel.default_config()
+
+    config.precision = "float32"
+
 
     config.optim = ml_collections.ConfigDict()
     config.optim.name = "sgd"

@@ -28,8 +28,8 @@ import ml_collections
 import numpy as np
 
 from jaxdl import data as data_lib
+from jaxdl import parallel, progress, validate
 from jaxdl import pictures as pictures_lib
-from jaxdl import progress, validate
 from jaxdl.checkpoint import Checkpoints, StateMismatch
 from jaxdl.errors import UserError
 from jaxdl.tensorboard import EventLog
@@ -46,7 +46,8 @@ class TrainingDiverged(RuntimeError):
 # Steps on a device-resident train set.
 
 def scan_steps(state: Any, data: dict[str, jax.Array], step_fn: Callable, *, batch_size: int, num: int,
-               unroll: bool, augment_fn: Callable | None = None) -> tuple[Any, dict[str, jax.Array]]:
+               unroll: bool, augment_fn: Callable | None = None,
+               constrain: Callable | None = None) -> tuple[Any, dict[str, jax.Array]]:
     """`num` consecutive calls of `step_fn(state, batch)` on minibatches gathered inside jit.
 
     Step s trains on the rows `jaxdl.data.batch_indices(fold_in(key, DATA), s, N, B)` of
@@ -64,6 +65,8 @@ def scan_steps(state: Any, data: dict[str, jax.Array], step_fn: Callable, *, bat
       num: steps in this call.
       unroll: unroll the loop over steps.
       augment_fn: `(key, batch) -> batch`, with the step's own augmentation key.
+      constrain: `batch -> batch`, the sharding of the gathered batch on a device mesh
+        (`jaxdl.parallel.Layout.constrain_batch`).
 
     Returns:
       The new state and the metrics of each step, with a trailing (num,) axis.
@@ -79,6 +82,8 @@ def scan_steps(state: Any, data: dict[str, jax.Array], step_fn: Callable, *, bat
         epoch, i = jnp.divmod(s.step, steps_per_epoch)
         idx = jax.lax.dynamic_slice_in_dim(perms[epoch - first_epoch], i * batch_size, batch_size)
         batch = {k: v[idx] for k, v in data.items()}
+        if constrain is not None:
+            batch = constrain(batch)
         if augment_fn is not None:
             batch = augment_fn(jax.random.fold_in(jax.random.fold_in(s.key, AUGMENT), s.step), batch)
         return step_fn(s, batch)
@@ -240,15 +245,18 @@ def restore(ckpts: Checkpoints, step: int, like: Any, config: ml_collections.Con
                         f"--workdir or restore the old values") from e
 
 
-def abstract_state(init: Callable[[], Any]) -> Any:
-    """The shapes and dtypes of `init()`'s state, placed on the first device, without computing it.
+def abstract_state(init: Callable[[], Any], shardings: Any = None) -> Any:
+    """The shapes and dtypes of `init()`'s state, placed as `shardings` says (default: on the
+    first device), without computing it.
 
     Enough to restore a checkpoint into: compiling a big model's initialisers is among
     the slowest things XLA:CPU does.
     """
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
-                        jax.eval_shape(init))
+    shapes = jax.eval_shape(init)
+    if shardings is None:
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        shardings = jax.tree.map(lambda _: device, shapes)
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
 
 
 # ----------------------------------------------------------------------------------
@@ -275,6 +283,8 @@ class Run:
       description: what is trained on what, for the first progress line.
       pictures: `state -> paths`, draws the final state's pictures into `W/pictures/`
         (the loop adds the learning curves and sends every picture to TensorBoard).
+      shardings: the state's shardings on a device mesh (`jaxdl.parallel`); None on one
+        device. The state is initialised and restored straight into them.
     """
 
     init: Callable[[], Any]
@@ -286,6 +296,7 @@ class Run:
     description: str
     finish: Callable[[Any, int], dict[str, Any]] | None = None
     pictures: Callable[[Any], Any] | None = None
+    shardings: Any = None
 
 
 def write_atomic(path: str, text: str) -> None:
@@ -316,7 +327,14 @@ def run(config: ml_collections.ConfigDict, workdir: str, build: Callable[[], Run
     Returns:
       The final results (`finish`'s, else `evaluate`'s), with `step` and `train_time_s`;
       also written to `W/results.json`.
+
+    With several processes (`jaxdl.parallel`) every process runs the loop (the steps,
+    evaluations and checkpoints are collective); only process 0 prints and writes
+    `metrics.jsonl`, TensorBoard events, `config.json`, `results.json` and pictures.
     """
+    main = parallel.is_main_process()
+    if not main:
+        print_fn = lambda *a, **k: None
     # ---------------------------------------------------------------- resumable? (before any work)
     workdir = os.path.abspath(workdir)
     validate.check_workdir(workdir)
@@ -327,6 +345,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, build: Callable[[], Run
     # ---------------------------------------------------------------- data, model and optimiser
     r = build()
     finish = r.finish or (lambda state, step: r.evaluate(state))
+    if jax.process_count() > 1 and r.shardings is None:
+        raise UserError(f"the {config.get('task', 'classification')} task trains in one process; start it without "
+                        f"--coordinator_address/--num_processes/--distributed (it uses one device)")
 
     # ---------------------------------------------------------------- workdir and restore
     try:
@@ -338,16 +359,21 @@ def run(config: ml_collections.ConfigDict, workdir: str, build: Callable[[], Run
     ckpts = Checkpoints(workdir, keep=config.get("keep_checkpoints", 3))
     log = MetricsLog(workdir)
     if start is not None:
-        state = restore(ckpts, start, abstract_state(r.init), config, workdir)
-        log.truncate_after(start)
+        state = restore(ckpts, start, abstract_state(r.init, r.shardings), config, workdir)
+        if main:
+            log.truncate_after(start)
         print_fn(f"resumed from {ckpts.path(start)} at step {start}")
     else:
-        state = jax.jit(r.init)()
+        state = jax.jit(r.init, out_shardings=r.shardings)()
         start = 0
-        if os.path.exists(log.path):
+        if main and os.path.exists(log.path):
             os.remove(log.path)  # a log without a checkpoint belongs to no run we can continue
-    write_atomic(os.path.join(workdir, "config.json"), config.to_json(indent=2))
-    events = EventLog(workdir, log.read())  # TensorBoard's copy of metrics.jsonl, cut back with it
+    if main:
+        write_atomic(os.path.join(workdir, "config.json"), config.to_json(indent=2))
+        events = EventLog(workdir, log.read())  # TensorBoard's copy of metrics.jsonl, cut back with it
+    else:
+        log.append = lambda record: None
+        events = None
 
     # ---------------------------------------------------------------- compiled steps
     num_steps = r.num_steps
@@ -419,7 +445,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, build: Callable[[], Run
         # from the previous checkpoint and drops the lines after it, so none is lost.
         if record:
             log.append({"step": step, **record})
-            events.write({"step": step, **record})
+            if events is not None:
+                events.write({"step": step, **record})
         if crossed(prev, step, config.checkpoint_every) or done:
             fetch()  # never checkpoint a diverged state
             ckpts.save(step, state)
@@ -434,18 +461,21 @@ def run(config: ml_collections.ConfigDict, workdir: str, build: Callable[[], Run
     final = {"step": step, **final, "train_time_s": round(time.time() - t0, 2)}
 
     # ---------------------------------------------------------------- pictures (after the clock stops)
-    pictures = os.path.join(workdir, "pictures")
-    if r.pictures is not None:
-        r.pictures(state)
-    pictures_lib.learning_curves(log.read(), os.path.join(pictures, "learning_curves.png"))
-    events.pictures(step, pictures)
+    if jax.process_count() > 1:  # every process takes part; process 0 then draws from host arrays
+        state = parallel.to_host(state)
     path = os.path.join(workdir, "results.json")
-    write_atomic(path, json.dumps(final, indent=2))
+    if main:
+        pictures = os.path.join(workdir, "pictures")
+        if r.pictures is not None:
+            r.pictures(state)
+        pictures_lib.learning_curves(log.read(), os.path.join(pictures, "learning_curves.png"))
+        events.pictures(step, pictures)
+        write_atomic(path, json.dumps(final, indent=2))
     print_fn(f"done: {_fmt_metrics(_loggable(final))}; results in {path}")
     return final
 
 
-def restore_latest(workdir: str, init: Callable[[], Any]) -> Any:
+def restore_latest(workdir: str, init: Callable[[], Any], shardings: Any = None) -> Any:
     """The latest checkpoint in `workdir`, restored into `init`'s structure.
 
     Raises:
@@ -455,17 +485,17 @@ def restore_latest(workdir: str, init: Callable[[], Any]) -> Any:
     if step is None:
         raise UserError(f"no checkpoint in {workdir}; train first (--mode=train) or pass the run's --workdir")
     ckpts = Checkpoints(workdir)
-    state = ckpts.restore(step, abstract_state(init))
+    state = ckpts.restore(step, abstract_state(init, shardings))
     ckpts.close()
     return state
 
 
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, init: Callable[[], Any],
                      finish: Callable[[Any, int], dict[str, Any]],
-                     print_fn: Callable[[str], None] = print) -> dict[str, Any]:
-    """Restores the latest checkpoint in `workdir` into `init`'s structure and scores it.
+                     print_fn: Callable[[str], None] = print, shardings: Any = None) -> dict[str, Any]:
+    """Restores the latest checkpoint in `workdir` into `init`'s structure (and `shardings`) and scores it.
 
-    Writes `W/eval.json` with `finish(state, step)` and the step.
+    Writes `W/eval.json` with `finish(state, step)` and the step (process 0).
     """
     workdir = os.path.abspath(workdir)
     step = latest_step(workdir)
@@ -473,9 +503,10 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, init: Call
         raise UserError(f"no checkpoint in {workdir}; train first (--mode=train) or pass the run's --workdir")
     check_resumable(config, workdir)
     ckpts = Checkpoints(workdir)
-    state = restore(ckpts, step, abstract_state(init), config, workdir)
+    state = restore(ckpts, step, abstract_state(init, shardings), config, workdir)
     ckpts.close()
     result = {"step": step, **finish(state, step)}
-    write_atomic(os.path.join(workdir, "eval.json"), json.dumps(result, indent=2))
-    print_fn(f"step {step}: {_fmt_metrics(_loggable(result))}")
+    if parallel.is_main_process():
+        write_atomic(os.path.join(workdir, "eval.json"), json.dumps(result, indent=2))
+        print_fn(f"step {step}: {_fmt_metrics(_loggable(result))}")
     return result

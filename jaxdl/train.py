@@ -25,9 +25,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from flax.training.dynamic_scale import DynamicScale
 
 from jaxdl import data as data_lib
-from jaxdl import loop, losses, models, progress
+from jaxdl import loop, losses, models, parallel, progress
 from jaxdl import optim as optim_lib
 from jaxdl.data import augment as augment_lib
 from jaxdl.errors import UserError, unknown_name
@@ -51,6 +52,10 @@ class TrainState(flax.struct.PyTreeNode):
       key: the replica's PRNG key; data order and dropout derive from it and `step`.
       apply_fn: the model's `apply` (static).
       tx: the Optax optimiser (static).
+      loss_scale: float16 training's dynamic loss scale (`flax.training.dynamic_scale`),
+        None otherwise.
+      compute_dtype: the dtype of the forward and backward pass (static; None: float32).
+        Parameters and optimiser state stay float32 (`jaxdl.parallel`).
     """
 
     step: jax.Array
@@ -60,6 +65,8 @@ class TrainState(flax.struct.PyTreeNode):
     key: jax.Array
     apply_fn: Callable = flax.struct.field(pytree_node=False)
     tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+    loss_scale: Any = None
+    compute_dtype: Any = flax.struct.field(pytree_node=False, default=None)
 
     def variables(self) -> dict:
         if self.batch_stats:
@@ -68,14 +75,22 @@ class TrainState(flax.struct.PyTreeNode):
 
 
 def create_state(key: jax.Array, model: Any, tx: optax.GradientTransformation,
-                 sample_x: jax.Array) -> TrainState:
-    """Initialises one replica from its key. `sample_x` is a (B, ...) input example."""
+                 sample_x: jax.Array, precision: str = "float32") -> TrainState:
+    """Initialises one replica from its key. `sample_x` is a (B, ...) input example.
+
+    `precision`: `float32`, `bfloat16` or `float16` compute (`jaxdl.parallel`); the
+    parameters are float32 in every case.
+    """
     init_key = jax.random.fold_in(key, _INIT)
     variables = model.init({"params": init_key, "dropout": init_key}, sample_x, train=False)
     params = variables["params"]
+    loss_scale = None
+    if precision == "float16":
+        loss_scale = DynamicScale(fin_steps=jnp.zeros((), jnp.int32), scale=jnp.asarray(2.0 ** 15, jnp.float32))
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
-                      key=key, apply_fn=model.apply, tx=tx)
+                      key=key, apply_fn=model.apply, tx=tx, loss_scale=loss_scale,
+                      compute_dtype=parallel.PRECISIONS[precision])
 
 
 def _logits(output):
@@ -104,7 +119,11 @@ def gradient_step(state: TrainState, x: jax.Array, loss_of_output: Callable) -> 
     """One optimiser step of any task: forward in training mode, loss, backward, update.
 
     The forward pass gets this step's dropout key and updates batch-norm statistics
-    when the model has them.
+    when the model has them. With a `compute_dtype` the parameters and the input are
+    cast to it for the forward and backward pass, the model's output back to float32
+    for the loss; the gradients and the update are float32. With a `loss_scale`
+    (float16) the loss is scaled before the backward pass, and a step whose gradients
+    are not finite changes nothing but the scale (its `grad_norm` is reported as 0).
 
     Args:
       state: one replica's state.
@@ -116,20 +135,36 @@ def gradient_step(state: TrainState, x: jax.Array, loss_of_output: Callable) -> 
     """
     dropout_key = jax.random.fold_in(jax.random.fold_in(state.key, _DROPOUT), state.step)
 
+    dtype = state.compute_dtype
+    x = parallel.cast(x, dtype)
+
     def loss_fn(params):
-        variables = {**state.variables(), "params": params}
+        variables = {**state.variables(), "params": parallel.cast(params, dtype)}
         mutable = ["batch_stats"] if state.batch_stats else False
         out = state.apply_fn(variables, x, train=True, rngs={"dropout": dropout_key}, mutable=mutable)
         out, updates = out if mutable else (out, {})
-        loss, aux = loss_of_output(out)
+        loss, aux = loss_of_output(parallel.cast(out, jnp.float32) if dtype is not None else out)
         return loss, (aux, updates)
 
-    (loss, (aux, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    if state.loss_scale is None:
+        (loss, (aux, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        finite = None
+    else:
+        loss_scale, finite, (loss, (aux, updates)), grads = state.loss_scale.value_and_grad(
+            loss_fn, has_aux=True)(state.params)
     opt_updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     new_state = state.replace(
         step=state.step + 1, params=optax.apply_updates(state.params, opt_updates),
         opt_state=opt_state, batch_stats=updates.get("batch_stats", state.batch_stats))
-    return new_state, (loss, aux, grad_norm(grads))
+    norm = grad_norm(grads)
+    if finite is not None:  # a skipped step keeps the old parameters, optimiser state and statistics
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+        new_state = new_state.replace(params=keep(new_state.params, state.params),
+                                      opt_state=keep(new_state.opt_state, state.opt_state),
+                                      batch_stats=keep(new_state.batch_stats, state.batch_stats),
+                                      loss_scale=loss_scale)
+        norm = jnp.where(finite, norm, 0.0)
+    return new_state, (loss, aux, norm)
 
 
 def classification_loss(output, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -163,8 +198,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainSta
 
 
 def train_steps(state: TrainState, x: jax.Array, y: jax.Array, *, batch_size: int,
-                num: int, unroll: bool, crop_padding: int = 0,
-                flip: bool = False) -> tuple[TrainState, dict[str, jax.Array]]:
+                num: int, unroll: bool, crop_padding: int = 0, flip: bool = False,
+                constrain: Callable | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
     """`num` consecutive train steps on the device-resident train set, in one call.
 
     Step s trains on the batch `jaxdl.data.batch_indices(data key, s, N, B)`
@@ -178,6 +213,7 @@ def train_steps(state: TrainState, x: jax.Array, y: jax.Array, *, batch_size: in
       num: steps in this call.
       unroll: unroll the loop over steps.
       crop_padding, flip: augmentation of image batches (`jaxdl.data.augment`).
+      constrain: the batch's sharding on a device mesh (`jaxdl.parallel`).
 
     Returns:
       The new state and the metrics of each step, with a trailing (num,) axis.
@@ -187,7 +223,7 @@ def train_steps(state: TrainState, x: jax.Array, y: jax.Array, *, batch_size: in
         def augment_fn(key, batch):
             return {**batch, "x": augment_lib.augment(key, batch["x"], crop_padding, flip)}
     return loop.scan_steps(state, {"x": x, "y": y}, train_step, batch_size=batch_size, num=num,
-                           unroll=unroll, augment_fn=augment_fn)
+                           unroll=unroll, augment_fn=augment_fn, constrain=constrain)
 
 
 def eval_step(state: TrainState, x: jax.Array, y: jax.Array,
@@ -214,20 +250,45 @@ def evaluate(eval_fn: Callable, states: TrainState, batches: Any) -> dict[str, n
             "test_accuracy": totals["correct"] / totals["count"]}
 
 
-def eval_batches(ds: data_lib.ArrayDataset, batch_size: int) -> list[tuple[jax.Array, jax.Array, jax.Array]]:
-    """The split as device arrays in fixed-size batches, the last padded and masked."""
+def eval_batches(ds: data_lib.ArrayDataset, batch_size: int,
+                 layout: parallel.Layout | None = None) -> list[tuple[jax.Array, jax.Array, jax.Array]]:
+    """The split as device arrays in fixed-size batches, the last padded and masked.
+
+    On a device mesh the batches are split over the devices, their size rounded up to
+    a multiple of the device count (the padding is masked).
+    """
     n = len(ds)
     batch_size = min(batch_size, n)
+    if layout is not None:
+        batch_size = -(-batch_size // layout.num_devices) * layout.num_devices
     pad = (-n) % batch_size
     x = np.concatenate([ds.x, np.zeros((pad, *ds.x.shape[1:]), ds.x.dtype)])
     y = np.concatenate([ds.y, np.zeros((pad,), ds.y.dtype)])
     mask = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
-    return [tuple(jax.device_put(a[i:i + batch_size]) for a in (x, y, mask))
-            for i in range(0, n + pad, batch_size)]
+    put = jax.device_put if layout is None else lambda a: layout.put_batch(a, 0, batch_size)
+    return [tuple(put(a[i:i + batch_size]) for a in (x, y, mask)) for i in range(0, n + pad, batch_size)]
 
 
 # ----------------------------------------------------------------------------------
 # Config → objects.
+
+def state_shardings(config: ml_collections.ConfigDict, init: Callable[[], Any]) -> Any:
+    """The shardings of `init()`'s state on the config's mesh (None on one device)."""
+    lay = parallel.layout(config)
+    return None if lay is None else lay.state(jax.eval_shape(init))
+
+
+def compile_steps(fn: Callable, layout: parallel.Layout | None, shardings: Any, data_shardings: Any) -> Callable:
+    """`jax.jit` of `fn(state, *data) -> (state, metrics)`, donating the state.
+
+    On a mesh with explicit shardings: the state's in and out (`shardings`), the data's
+    (`data_shardings`), and the metrics replicated.
+    """
+    if layout is None:
+        return jax.jit(fn, donate_argnums=0)
+    return jax.jit(fn, in_shardings=(shardings, *data_shardings), out_shardings=(shardings, layout.replicated),
+                   donate_argnums=0)
+
 
 def make_model(model_config: ml_collections.ConfigDict, num_classes: int) -> Any:
     """Builds `getattr(jaxdl.models, model.name)(num_classes=K, **other model fields)`."""
@@ -267,6 +328,7 @@ def make_backbone(spec: dict, field: str = "model.backbone"):
 def check_config(config: ml_collections.ConfigDict) -> None:
     """Raises UserError for any config value that cannot work, before any work is done."""
     loop.check_config(config)
+    parallel.check_config(config)
     if config.model.name not in models.__all__:
         raise unknown_name("model", config.model.name, models.__all__, "model.name")
     optim_lib.check(config.optim)
@@ -299,8 +361,10 @@ def _setup(config: ml_collections.ConfigDict):
     keys = jnp.stack([jax.random.PRNGKey(config.seed + k) for k in range(config.num_seeds)])
     sample = jnp.asarray(train_ds.x[:1])
 
+    precision = config.get("precision") or "float32"
+
     def init():
-        return jax.vmap(lambda k: create_state(k, model, tx, sample))(keys)
+        return jax.vmap(lambda k: create_state(k, model, tx, sample, precision))(keys)
 
     try:
         jax.eval_shape(init)
@@ -315,7 +379,7 @@ def _setup(config: ml_collections.ConfigDict):
 def _scorer(config: ml_collections.ConfigDict, test_ds: data_lib.ArrayDataset):
     """`state -> {test_loss, test_accuracy}` (summarised over replicas) on the test split."""
     eval_fn = jax.jit(jax.vmap(eval_step, in_axes=(0, None, None, None)))
-    batches = eval_batches(test_ds, config.get("eval_batch_size", 1000))
+    batches = eval_batches(test_ds, config.get("eval_batch_size", 1000), parallel.layout(config))
 
     def score(state, step=None):
         out = {}
@@ -341,19 +405,20 @@ def pictures(config: ml_collections.ConfigDict, workdir: str,
     """Draws the pictures of the latest checkpoint in `workdir` (confusion matrix, filters, feature maps, …)."""
     loop.check_resumable(config, workdir)
     _, test_ds, _, init = _setup(config)
-    state = loop.restore_latest(workdir, init)
+    state = loop.restore_latest(workdir, init, state_shardings(config, init))
     return _pictures(config, os.path.abspath(workdir), state, test_ds)
 
 
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str,
                      print_fn: Callable[[str], None] = print) -> dict[str, Any]:
     """Evaluates the latest checkpoint in `workdir` on the test split; writes `eval.json`."""
-    if config.dataset.get("stream", False):
+    if config.dataset.get("stream", False) or jax.process_count() > 1:
         from jaxdl import train_stream
         return train_stream.evaluate_workdir(config, workdir, print_fn)
     loop.check_resumable(config, workdir)
     _, test_ds, _, init = _setup(config)
-    return loop.evaluate_workdir(config, workdir, init, _scorer(config, test_ds), print_fn)
+    return loop.evaluate_workdir(config, workdir, init, _scorer(config, test_ds), print_fn,
+                                 shardings=state_shardings(config, init))
 
 
 def summary(config: ml_collections.ConfigDict, workdir: str | None = None,
@@ -399,21 +464,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     def build() -> loop.Run:
         train_ds, test_ds, num_steps, init = _setup(config)
         aug = config.get("augment") or {}
+        lay = parallel.layout(config, {"batch_size": config.batch_size})
+        shardings = state_shardings(config, init)
 
         def make_steps(num):
             fn = functools.partial(train_steps, batch_size=config.batch_size, num=num,
                                    unroll=config.get("unroll", True),
-                                   crop_padding=aug.get("crop_padding", 0), flip=aug.get("flip", False))
-            return jax.jit(jax.vmap(fn, in_axes=(0, None, None)), donate_argnums=0)
+                                   crop_padding=aug.get("crop_padding", 0), flip=aug.get("flip", False),
+                                   constrain=lay.constrain_batch if lay else None)
+            return compile_steps(jax.vmap(fn, in_axes=(0, None, None)), lay, shardings,
+                                 (lay.replicated, lay.replicated) if lay else None)
 
+        data = (train_ds.x, train_ds.y)
         return loop.Run(
             init=init, num_steps=num_steps, make_steps=make_steps,
-            data=(jax.device_put(train_ds.x), jax.device_put(train_ds.y)),
+            data=jax.device_put(data) if lay is None else lay.replicate(data),
             evaluate=_scorer(config, test_ds), schedule=optim_lib.make_schedule(config.optim, num_steps),
             pictures=lambda state: _pictures(config, os.path.abspath(workdir), state, test_ds),
-            description=f"{config.model.name} on {config.dataset.name} ({config.num_seeds} seed(s))")
+            description=f"{config.model.name} on {config.dataset.name} ({config.num_seeds} seed(s); "
+                        f"{parallel.describe(config)})",
+            shardings=shardings)
 
-    if config.dataset.get("stream", False):  # the split stays in the data source (jaxdl.train_stream)
+    if config.dataset.get("stream", False) or jax.process_count() > 1:
+        # The split stays in the data source (jaxdl.train_stream); with several processes
+        # each reads only its share of every batch from it.
         from jaxdl import train_stream
         return loop.run(config, workdir, lambda: train_stream.build(config), print_fn)
     return loop.run(config, workdir, build, print_fn)

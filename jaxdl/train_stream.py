@@ -44,7 +44,7 @@ import ml_collections
 import numpy as np
 
 from jaxdl import data as data_lib
-from jaxdl import loop, train
+from jaxdl import loop, parallel, train
 from jaxdl import optim as optim_lib
 from jaxdl.data import pipeline
 from jaxdl.data import stream as stream_lib
@@ -175,7 +175,7 @@ def normaliser(config: ml_collections.ConfigDict, dtype, signal: bool) -> Callab
 # Steps on host-fed batches.
 
 def host_steps(state: train.TrainState, x: jax.Array, y: jax.Array, *, unroll: bool,
-               normalise: Callable) -> tuple[train.TrainState, dict[str, jax.Array]]:
+               normalise: Callable, constrain: Callable | None = None) -> tuple[train.TrainState, dict[str, jax.Array]]:
     """One train step per leading row of the host-fed batches, in one call.
 
     Args:
@@ -183,13 +183,14 @@ def host_steps(state: train.TrainState, x: jax.Array, y: jax.Array, *, unroll: b
       x: (num, B, ...) stored inputs; `normalise` turns each row into the model's input.
       y: (num, B) labels.
       unroll: unroll the loop over steps (convolutions run badly inside XLA:CPU loops).
+      constrain: the batch's sharding on a device mesh (`jaxdl.parallel`).
 
     Returns:
       The new state and the metrics of each step, with a trailing (num,) axis.
     """
     def body(s, batch):
-        xb, yb = batch
-        return train.train_step(s, {"x": normalise(xb), "y": yb})
+        batch = {"x": normalise(batch[0]), "y": batch[1]}
+        return train.train_step(s, constrain(batch) if constrain is not None else batch)
 
     state, metrics = jax.lax.scan(body, state, (x, y), unroll=0 if unroll else 1)
     return state, jax.tree.map(lambda m: jnp.moveaxis(m, 0, -1), metrics)
@@ -212,9 +213,10 @@ def _setup(config: ml_collections.ConfigDict):
     tx = optim_lib.make_optimizer(config.optim, num_steps)
     keys = jnp.stack([jax.random.PRNGKey(config.seed + k) for k in range(config.num_seeds)])
     sample = jnp.zeros((1, *shape), jnp.float32)
+    precision = config.get("precision") or "float32"
 
     def init():
-        return jax.vmap(lambda k: train.create_state(k, model, tx, sample))(keys)
+        return jax.vmap(lambda k: train.create_state(k, model, tx, sample, precision))(keys)
 
     try:
         jax.eval_shape(init)
@@ -233,9 +235,11 @@ def _scorer(config: ml_collections.ConfigDict, s: dict):
                                in_axes=(0, None, None, None)))
     _, eval_pre = preprocessors(config)
 
+    lay = parallel.layout(config)
+
     def score(state, step=None):
         batches = stream_lib.eval_batches(s["test"], s["x_key"], s["y_key"], config.get("eval_batch_size", 1000),
-                                          eval_pre, **_host(config))
+                                          eval_pre, layout=lay, **_host(config))
         out = {}
         for name, values in train.evaluate(eval_fn, state, batches).items():
             out.update(loop.summarise(name, values))
@@ -249,21 +253,25 @@ def build(config: ml_collections.ConfigDict) -> loop.Run:
     s = _setup(config)
     train_pre, _ = preprocessors(config)
     keys = s["keys"]
+    lay = parallel.layout(config, {"batch_size": config.batch_size})
+    shardings = train.state_shardings(config, s["init"])
     data = stream_lib.TrainStream(
         s["train"], s["x_key"], s["y_key"], jax.vmap(lambda k: jax.random.fold_in(k, loop.DATA))(keys),
         jax.vmap(lambda k: jax.random.fold_in(k, loop.AUGMENT))(keys), config.batch_size, s["num_steps"],
-        train_pre, prefetch=config.dataset.get("prefetch") or 2, **_host(config))
+        train_pre, prefetch=config.dataset.get("prefetch") or 2, layout=lay, **_host(config))
 
     def make_steps(num):
         del num  # the batches' step axis says how many
         fn = lambda state, x, y: host_steps(state, x, y, unroll=config.get("unroll", True),
-                                            normalise=s["normalise"])
-        return jax.jit(jax.vmap(fn), donate_argnums=0)
+                                            normalise=s["normalise"], constrain=lay.constrain_batch if lay else None)
+        return train.compile_steps(jax.vmap(fn), lay, shardings, (lay.batch(2), lay.batch(2)) if lay else None)
 
     return loop.Run(
         init=s["init"], num_steps=s["num_steps"], make_steps=make_steps, data=data,
         evaluate=_scorer(config, s), schedule=optim_lib.make_schedule(config.optim, s["num_steps"]),
-        description=f"{config.model.name} on {config.dataset.name} ({config.num_seeds} seed(s), streamed)")
+        description=f"{config.model.name} on {config.dataset.name} ({config.num_seeds} seed(s), streamed; "
+                    f"{parallel.describe(config)})",
+        shardings=shardings)
 
 
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str,
@@ -271,4 +279,5 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str,
     """Evaluates the latest checkpoint in `workdir` on the streamed test split; writes `eval.json`."""
     loop.check_resumable(config, workdir)
     s = _setup(config)
-    return loop.evaluate_workdir(config, workdir, s["init"], _scorer(config, s), print_fn)
+    return loop.evaluate_workdir(config, workdir, s["init"], _scorer(config, s), print_fn,
+                                 shardings=train.state_shardings(config, s["init"]))

@@ -198,8 +198,11 @@ def check_names(config: ml_collections.ConfigDict) -> None:
 
 def check_config(config: ml_collections.ConfigDict) -> None:
     """Raises UserError for any config value that cannot work; reads no data and writes nothing."""
+    from jaxdl import parallel
+
     check_fields(config)
     check_names(config)
+    parallel.check_config(config)
 
 
 def check_workdir(workdir: str) -> None:

@@ -163,7 +163,8 @@ class Preprocess:
 
 @dataclasses.dataclass(frozen=True)
 class _TrainRows:
-    """Rows of one epoch's stream: row r is step r // (K·B), replica (r // B) % K, position r % B."""
+    """Rows of one epoch's stream: row r is step r // (K·b), replica (r // b) % K, position lo + r % b,
+    where [lo, hi) are the positions of each batch this process reads and b = hi - lo."""
 
     source: Any
     x_key: str
@@ -174,13 +175,16 @@ class _TrainRows:
     first_step: int  # the global step of row 0
     first_row: int  # row 0's position in the epoch's permutation
     preprocess: Preprocess
+    share: tuple[int, int]  # [lo, hi): the positions of each batch read here
 
     def __call__(self, rows: range) -> tuple[np.ndarray, np.ndarray]:
         b, k_num = self.batch_size, self.perms.shape[0]
+        lo, hi = self.share
         xs, ys = [], []
         for r in rows:
-            s, rest = divmod(r, k_num * b)
-            k, p = divmod(rest, b)
+            s, rest = divmod(r, k_num * (hi - lo))
+            k, p = divmod(rest, hi - lo)
+            p += lo
             record = self.source[int(self.perms[k, self.first_row + s * b + p])]
             rng = example_rng(self.key_data[k], self.first_step + s, p) if self.preprocess.random else None
             xs.append(self.preprocess(np.asarray(record[self.x_key]), rng))
@@ -203,6 +207,20 @@ class _EvalRows:
         return (np.stack([self.preprocess(np.asarray(rec[self.x_key]), None) for rec in records]),
                 np.asarray([rec[self.y_key] for rec in records], np.int32),
                 np.asarray([r < self.num_examples for r in rows], np.float32))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Shared:
+    """This process's rows of batches of `batch` rows: positions [lo, hi) of each."""
+
+    read: Any
+    batch: int
+    lo: int
+    hi: int
+
+    def __call__(self, rows: range):
+        width = self.hi - self.lo
+        return self.read([(r // width) * self.batch + self.lo + r % width for r in rows])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,13 +286,15 @@ class TrainStream:
       preprocess: the host preprocessing of each example.
       threads, processes: grain's parallelism (processes 0: threads of this process).
       prefetch: steps put on the device ahead of the one being trained.
+      layout: a device mesh (`jaxdl.parallel.Layout`): the batches are split over its
+        devices, and this process reads only the rows its devices hold.
 
     Returns (per call): x (K, num, B, ...) in the stored dtype, y (K, num, B) int32.
     """
 
     def __init__(self, source, x_key: str, y_key: str, data_keys: jax.Array, augment_keys: jax.Array,
                  batch_size: int, num_steps: int, preprocess: Preprocess, threads: int = 8,
-                 processes: int = 0, prefetch: int = 2, device: jax.Device | None = None):
+                 processes: int = 0, prefetch: int = 2, device: jax.Device | None = None, layout: Any = None):
         self.source, self.x_key, self.y_key = source, x_key, y_key
         self.num_examples = len(source)
         self.data_keys = data_keys
@@ -283,8 +303,10 @@ class TrainStream:
         self.steps_per_epoch = self.num_examples // batch_size
         self.preprocess = preprocess
         self.threads, self.processes, self.prefetch = threads, processes, max(prefetch, 1)
-        self.device = device or jax.devices()[0]
-        self._cpu = jax.devices("cpu")[0]
+        self.device = device or jax.local_devices()[0]
+        self.layout = layout
+        self.share = layout.share(batch_size) if layout is not None else (0, batch_size)
+        self._cpu = jax.local_devices(backend="cpu")[0]
         self._permute = None
         self._thread: threading.Thread | None = None
         self._queue: queue.Queue | None = None
@@ -302,9 +324,11 @@ class TrainStream:
         return np.asarray(self._permute(keys, jax.device_put(np.int32(epoch), self._cpu)), np.int32)
 
     def host_batches(self, start: int, stop: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """The host batches of steps `start`, `start+1`, … (before `stop`): x (K, B, ...), y (K, B)."""
+        """This process's rows of the batches of steps `start`, `start+1`, … (before `stop`):
+        x (K, b, ...), y (K, b), with b = B on one process."""
         stop = self.num_steps if stop is None else stop
         k_num, b = len(self.key_data), self.batch_size
+        width = self.share[1] - self.share[0]
         step = start
         # One grain pipeline per epoch: the epoch's permutation travels with it into the
         # worker processes, which run no JAX (on an accelerator host JAX there would grab the device).
@@ -312,11 +336,11 @@ class TrainStream:
             epoch, first = divmod(step, self.steps_per_epoch)
             count = min(self.steps_per_epoch - first, stop - step)
             read = _TrainRows(self.source, self.x_key, self.y_key, self.permutations(epoch), self.key_data,
-                              b, step, first * b, self.preprocess)
-            it = _batches(read, count, k_num * b, self.threads, self.processes)
+                              b, step, first * b, self.preprocess, self.share)
+            it = _batches(read, count, k_num * width, self.threads, self.processes)
             try:
                 for x, y in it:
-                    yield x.reshape(k_num, b, *x.shape[1:]), y.reshape(k_num, b)
+                    yield x.reshape(k_num, width, *x.shape[1:]), y.reshape(k_num, width)
             finally:
                 getattr(it, "close", lambda: None)()
             step += count
@@ -325,7 +349,11 @@ class TrainStream:
         batches = self.host_batches(start)
         try:
             for x, y in batches:
-                item = jax.device_put((x[:, None], y[:, None]), self.device)  # a step axis of 1
+                item = (x[:, None], y[:, None])  # a step axis of 1
+                if self.layout is None:
+                    item = jax.device_put(item, self.device)
+                else:
+                    item = self.layout.put_batch(item, 2, self.batch_size)
                 while not stop.is_set():
                     try:
                         q.put(item, timeout=0.1)
@@ -384,19 +412,27 @@ class TrainStream:
 # Evaluation batches.
 
 def eval_batches(source, x_key: str, y_key: str, batch_size: int, preprocess: Preprocess, threads: int = 8,
-                 processes: int = 0, device: jax.Device | None = None) -> Iterator[tuple[jax.Array, ...]]:
+                 processes: int = 0, device: jax.Device | None = None,
+                 layout: Any = None) -> Iterator[tuple[jax.Array, ...]]:
     """The split in fixed-size batches (x, y, mask) on the device, the last padded and masked.
 
     Read and preprocessed as they are consumed: the split never sits in memory whole.
+    On a device mesh (`layout`) the batch size is rounded up to a multiple of the device
+    count, each batch is split over the devices, and this process reads only its rows.
     """
     n = len(source)
     batch_size = min(batch_size, n)
+    read = _EvalRows(source, x_key, y_key, n, preprocess)
+    width = batch_size
+    if layout is not None:
+        batch_size = -(-batch_size // layout.num_devices) * layout.num_devices
+        lo, hi = layout.share(batch_size)
+        read, width = _Shared(read, batch_size, lo, hi), hi - lo
     padded = -(-n // batch_size) * batch_size
-    it = _batches(_EvalRows(source, x_key, y_key, n, preprocess), padded // batch_size, batch_size,
-                  threads, processes)
-    device = device or jax.devices()[0]
+    it = _batches(read, padded // batch_size, width, threads, processes)
+    device = device or jax.local_devices()[0]
     try:
         for batch in it:
-            yield jax.device_put(batch, device)
+            yield jax.device_put(batch, device) if layout is None else layout.put_batch(batch, 0, batch_size)
     finally:
         getattr(it, "close", lambda: None)()
