@@ -9,7 +9,7 @@ whole command: 45 s to prepare `digit_scenes/train20k` on first use, 6 min 44 s 
 scenes hold only digits of the `digits` test split, written by people the detector
 never saw. From scratch; Adam with a cosine schedule. Rerun on a fresh data dir at a
 load average of about 8: the same mAPs (0.9272, 0.6593) in 8 min 18 s (4 min 37 s of CPU).
-From a fresh clone on another machine of the same kind (load average 0.9–2.7): mAP@0.5
+From a fresh clone (2026-12-06, load average 0.9–2.7): mAP@0.5
 0.928, mAP@[.5:.95] 0.657 in 4 min 05 s, the data dir prepared from scratch.
 """
 import ml_collections
