@@ -36,6 +36,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxdl import parallel
 from jaxdl.errors import UserError
 
 STATE, MANIFEST = "state", "manifest"
@@ -56,23 +57,16 @@ class StateMismatch(UserError):
         self.detail = detail
 
 
-def _host(leaf: Any) -> np.ndarray:
-    """A leaf's whole value on this host; arrays spread over several processes are gathered
-    (a collective: every process digests the same tree)."""
-    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
-        from jax.experimental import multihost_utils
-
-        return np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
-    return jax.device_get(leaf)
-
-
 def digest(tree: Any) -> str:
-    """SHA-256 over the dtype, shape and bytes of every array leaf, in tree order."""
+    """SHA-256 over the dtype, shape and bytes of every array leaf, in tree order.
+
+    Arrays spread over several processes are gathered, so every process digests the same tree.
+    """
     h = hashlib.sha256()
     for leaf in jax.tree.leaves(tree):
         if hasattr(leaf, "dtype") and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
             leaf = jax.random.key_data(leaf)
-        a = np.ascontiguousarray(_host(leaf))
+        a = np.ascontiguousarray(parallel.host_array(leaf))
         h.update(f"{a.dtype.str}{a.shape};".encode())
         h.update(a.tobytes())
     return h.hexdigest()

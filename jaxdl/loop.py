@@ -371,9 +371,6 @@ def run(config: ml_collections.ConfigDict, workdir: str, build: Callable[[], Run
     if main:
         write_atomic(os.path.join(workdir, "config.json"), config.to_json(indent=2))
         events = EventLog(workdir, log.read())  # TensorBoard's copy of metrics.jsonl, cut back with it
-    else:
-        log.append = lambda record: None
-        events = None
 
     # ---------------------------------------------------------------- compiled steps
     num_steps = r.num_steps
@@ -443,10 +440,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, build: Callable[[], Run
             print_fn(f"step {step}/{num_steps}  {_fmt_metrics(evaluated)}")
         # The log line goes first: a run killed before its checkpoint completes resumes
         # from the previous checkpoint and drops the lines after it, so none is lost.
-        if record:
+        if record and main:
             log.append({"step": step, **record})
-            if events is not None:
-                events.write({"step": step, **record})
+            events.write({"step": step, **record})
         if crossed(prev, step, config.checkpoint_every) or done:
             fetch()  # never checkpoint a diverged state
             ckpts.save(step, state)

@@ -129,10 +129,9 @@ class Layout:
         """Host arrays (the same in every process) → global arrays held whole by every device."""
         return jax.tree.map(lambda a: jax.make_array_from_process_local_data(self.replicated, np.asarray(a)), tree)
 
-    def share(self, size: int, axis_sharding: NamedSharding | None = None) -> tuple[int, int]:
+    def share(self, size: int) -> tuple[int, int]:
         """[lo, hi): the rows of a batch of `size` that this process's devices hold (and so reads)."""
-        sharding = axis_sharding or self.batch()
-        rows = [idx[0] for idx in sharding.addressable_devices_indices_map((size,)).values()]
+        rows = [idx[0] for idx in self.batch().addressable_devices_indices_map((size,)).values()]
         lo = min(r.start or 0 for r in rows)
         hi = max(size if r.stop is None else r.stop for r in rows)
         return lo, hi
@@ -215,11 +214,6 @@ def cast(tree: Any, dtype) -> Any:
     return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
 
 
-def main_process_only(fn):
-    """`fn` in process 0, a function that does nothing elsewhere."""
-    return fn if is_main_process() else (lambda *a, **k: None)
-
-
 def env_int(name: str) -> int | None:
     value = os.environ.get(name)
     if value in (None, ""):
@@ -230,12 +224,19 @@ def env_int(name: str) -> int | None:
         raise UserError(f"${name} must be an integer, got {value!r}") from None
 
 
-def to_host(tree: Any) -> Any:
-    """Every process's copy of a tree of global arrays, as NumPy arrays (a collective: all processes call it)."""
-    from jax.experimental import multihost_utils
+def host_array(a: Any) -> np.ndarray:
+    """An array's whole value on this host. One spread over several processes is gathered:
+    a collective, so every process must ask for it."""
+    if isinstance(a, jax.Array) and not a.is_fully_addressable:
+        from jax.experimental import multihost_utils
 
-    return jax.tree.map(lambda a: np.asarray(multihost_utils.process_allgather(a, tiled=True))
-                        if isinstance(a, jax.Array) else a, tree)
+        return np.asarray(multihost_utils.process_allgather(a, tiled=True))
+    return np.asarray(jax.device_get(a))
+
+
+def to_host(tree: Any) -> Any:
+    """A tree of global arrays as NumPy arrays, whole in every process (`host_array` of each leaf)."""
+    return jax.tree.map(lambda a: host_array(a) if isinstance(a, jax.Array) else a, tree)
 
 
 def default_config() -> ml_collections.ConfigDict:

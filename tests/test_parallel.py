@@ -23,10 +23,8 @@ import parallel_worker  # noqa: E402
 
 
 def _env(**extra) -> dict:
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", **extra}
-    env.pop("XLA_FLAGS", None)
-    env.update(extra)
-    return env
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    return {**env, "JAX_PLATFORMS": "cpu", **extra}
 
 
 def _free_port() -> int:
@@ -93,7 +91,7 @@ def _launch_pair(argv: list[str], tmp_path, tag: str) -> list[subprocess.Complet
     address = f"127.0.0.1:{_free_port()}"
     procs = []
     for i in range(2):
-        out = open(tmp_path / f"{tag}{i}.out", "w")  # noqa: SIM115
+        out = open(tmp_path / f"{tag}{i}.out", "w")
         procs.append((subprocess.Popen([*argv(address, i)], stdout=out, stderr=subprocess.STDOUT, env=_env(),
                                        cwd=ROOT), out))
     codes = []
