@@ -78,6 +78,20 @@ def test_batches_are_deterministic_and_cover_each_epoch_once():
     assert not np.array_equal(other_seed, epoch0[:10])
 
 
+@pytest.mark.parametrize("n", [1, 7, 1000, 1626, 4000, 70000])  # one, two and three sorts
+def test_epoch_permutations_are_jax_random_permutation(n):
+    key = jax.random.PRNGKey(n)
+    epochs = jnp.arange(3) + 5
+    want = np.stack([np.asarray(jax.random.permutation(jax.random.fold_in(key, e), n)) for e in range(5, 8)])
+    np.testing.assert_array_equal(np.asarray(jax.jit(data.epoch_permutations, static_argnums=2)(key, epochs, n)), want)
+    # vmapped over replicas' keys (K seeds), as inside the K-seed train step
+    keys = jax.random.split(key, 2)
+    got = jax.jit(jax.vmap(data.epoch_permutations, in_axes=(0, None, None)), static_argnums=2)(keys, epochs, n)
+    for k in range(2):
+        want = np.stack([np.asarray(jax.random.permutation(jax.random.fold_in(keys[k], e), n)) for e in range(5, 8)])
+        np.testing.assert_array_equal(np.asarray(got[k]), want)
+
+
 def test_catalogue_dataset_offline_fails_fast_with_a_clear_message(tmp_path):
     start = time.time()
     with pytest.raises(UserError, match="cifar10.*not prepared.*download=True"):

@@ -158,9 +158,50 @@ def load(name: str, split: str, directory: str | None = None, download: bool = F
     return ArrayDataset(x=x, y=y, num_classes=num_classes, name=name)
 
 
+def _sort_rounds(num_examples: int) -> int:
+    """How many sorts `jax.random.permutation` makes for N elements (its heuristic)."""
+    return int(np.ceil(3 * np.log(max(1, num_examples)) / np.log(np.iinfo(np.uint32).max)))
+
+
+def _round_bits(key: jax.Array, num_examples: int) -> jax.Array:
+    """The (R, N) random sort keys `jax.random.permutation(key, N)` draws, one row per sort."""
+    rows = []
+    for _ in range(_sort_rounds(num_examples)):
+        key, subkey = jax.random.split(key)
+        rows.append(jax.random.bits(subkey, (num_examples,), jnp.uint32))
+    return jnp.stack(rows) if rows else jnp.zeros((0, num_examples), jnp.uint32)
+
+
+def _host_sorts(bits: np.ndarray) -> np.ndarray:
+    """(..., R, N) sort keys -> (..., N) int32: R stable sorts of arange(N), on the host."""
+    bits = np.asarray(bits)
+    idx = np.broadcast_to(np.arange(bits.shape[-1], dtype=np.int32), bits.shape[:-2] + bits.shape[-1:])
+    for r in range(bits.shape[-2]):
+        # sort_key_val(keys, idx) on a stable sort moves idx[j] to the rank of keys[j].
+        idx = np.take_along_axis(idx, np.argsort(bits[..., r, :], axis=-1, kind="stable"), -1)
+    return idx.astype(np.int32)
+
+
 def epoch_permutations(key: jax.Array, epochs: jax.Array, num_examples: int) -> jax.Array:
-    """The shuffled order of each epoch in `epochs` (E,): (E, N) indices."""
-    return jax.vmap(lambda e: jax.random.permutation(jax.random.fold_in(key, e), num_examples))(epochs)
+    """The shuffled order of each epoch in `epochs` (E,): (E, N) indices.
+
+    Row e is `jax.random.permutation(fold_in(key, e), N)`, element for element. On the
+    CPU the sorts behind it run in NumPy instead: XLA:CPU's sort was about 20 % of the
+    MNIST-1D MLP's train step (each call of 250 steps draws 8 permutations of 4,000,
+    each two sorts), NumPy's about a quarter of that. Elsewhere the sorts stay on the
+    device.
+    """
+    keys = jax.vmap(lambda e: jax.random.fold_in(key, e))(jnp.asarray(epochs))
+
+    def device(keys):
+        return jax.vmap(lambda k: jax.random.permutation(k, num_examples))(keys)
+
+    def cpu(keys):
+        bits = jax.vmap(lambda k: _round_bits(k, num_examples))(keys)
+        out = jax.ShapeDtypeStruct(bits.shape[:-2] + (num_examples,), jnp.int32)
+        return jax.pure_callback(_host_sorts, out, bits, vmap_method="broadcast_all")
+
+    return jax.lax.platform_dependent(keys, cpu=cpu, default=device)
 
 
 def batch_indices(key: jax.Array, step: jax.Array, num_examples: int, batch_size: int) -> jax.Array:
