@@ -197,6 +197,7 @@ def test_all_offsets_are_visited():
 FAST_CASES = [
     # nd, spatial, kernel, C, K, stride, padding, groups
     (2, (8, 8), (3, 3), 4, 6, 1, 1, 1),      # lax convolution
+    (2, (9, 9), (5, 5), 1, 6, 1, 0, 1),      # one input channel: one matrix product
     (2, (9, 7), (3, 3), 4, 6, 2, 1, 1),      # lax, strided input gradient
     (2, (7, 7), (3, 3), 4, 6, 2, 1, 2),      # two groups
     (2, (2, 2), (3, 3), 8, 6, 1, 1, 1),      # map smaller than the kernel: one matrix product
@@ -256,9 +257,9 @@ def test_every_impl_matches_lax_values_and_gradients(case):
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=f"{impl} d{name}")
 
 
-def _lowered(platform, spatial, kernel_size, stride=1, padding=1):
-    x = jax.ShapeDtypeStruct((2, *spatial, 8), jnp.float32)
-    kernel = jax.ShapeDtypeStruct((*kernel_size, 8, 8), jnp.float32)
+def _lowered(platform, spatial, kernel_size, stride=1, padding=1, channels=8):
+    x = jax.ShapeDtypeStruct((2, *spatial, channels), jnp.float32)
+    kernel = jax.ShapeDtypeStruct((*kernel_size, channels, 8), jnp.float32)
 
     def loss(x, kernel):
         return jnp.sum(jnn.conv2d(x, kernel, stride=stride, padding=padding, impl="auto") ** 2)
@@ -267,17 +268,20 @@ def _lowered(platform, spatial, kernel_size, stride=1, padding=1):
     return jax.export.export(fn, platforms=[platform])(x, kernel).mlir_module()
 
 
-@pytest.mark.parametrize("spatial, kernel_size, stride, padding, cpu_convs", [
-    ((8, 8), (3, 3), 1, 1, 3),   # forward, input and kernel gradients: all lax
-    ((2, 2), (3, 3), 1, 1, 0),   # smaller than the kernel: matrix products only
-    ((8, 8), (1, 1), 2, 0, 0),   # 1×1: matrix products only
-    ((5, 5), (5, 5), 1, 0, 2),   # output smaller than the kernel: input gradient by col2im
+@pytest.mark.parametrize("spatial, kernel_size, stride, padding, channels, cpu_convs", [
+    ((8, 8), (3, 3), 1, 1, 8, 3),    # forward, input and kernel gradients: all lax
+    ((8, 8), (3, 3), 1, 1, 4, 3),    # a patch of 36 numbers: still lax
+    ((2, 2), (3, 3), 1, 1, 8, 0),    # smaller than the kernel: matrix products only
+    ((8, 8), (1, 1), 2, 0, 8, 0),    # 1×1: matrix products only
+    ((5, 5), (5, 5), 1, 0, 8, 2),    # output smaller than the kernel: input gradient by col2im
+    ((12, 12), (5, 5), 1, 0, 1, 0),  # one input channel (LeNet-5's first layer): matrix products
+    ((12, 12), (3, 3), 1, 1, 3, 0),  # RGB 3×3: a patch of 27 numbers, matrix products
 ])
-def test_auto_picks_per_backend_and_shape(spatial, kernel_size, stride, padding, cpu_convs):
+def test_auto_picks_per_backend_and_shape(spatial, kernel_size, stride, padding, channels, cpu_convs):
     count = lambda text: text.count("stablehlo.convolution")
-    assert count(_lowered("cpu", spatial, kernel_size, stride, padding)) == cpu_convs
+    assert count(_lowered("cpu", spatial, kernel_size, stride, padding, channels)) == cpu_convs
     # Elsewhere the native convolution stays: forward, input and kernel gradient.
-    assert count(_lowered("cuda", spatial, kernel_size, stride, padding)) == 3
+    assert count(_lowered("cuda", spatial, kernel_size, stride, padding, channels)) == 3
 
 
 def test_conv_module_groups_and_dtype(key):

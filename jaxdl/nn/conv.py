@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -129,7 +130,12 @@ def _conv_matmul_input_grad_jvp(strides, pads, groups, primals, tangents):
     return out, sum(terms[1:], terms[0]) if terms else jnp.zeros_like(out)
 
 
-def _cpu_plan(size, ksize, strides, pads) -> tuple[str, str]:
+# A patch of at most this many numbers (input channels × kernel taps) makes the whole
+# layer a matrix product on the CPU.
+NARROW_PATCH = 32
+
+
+def _cpu_plan(size, ksize, strides, pads, channels) -> tuple[str, str]:
     """How the CPU computes a convolution: ("lax" or "matmul") for the forward pass and
     for the input gradient; the kernel gradient goes with the forward pass.
 
@@ -139,14 +145,20 @@ def _cpu_plan(size, ksize, strides, pads) -> tuple[str, str]:
     input gradient is itself a convolution, of the output gradient with the flipped
     kernel, so an output smaller than the kernel makes that one slow. Those cases
     become matrix products: the whole layer (`_patch_conv`), or the input gradient
-    alone (`_conv_matmul_input_grad`). A 1×1 kernel is a matrix product anyway. Everything else stays
-    `lax`, even where XLA:CPU falls back to its own loops (fewer than 32 output
-    channels, padding of more than (k − 1)/2, strided input gradients): there the
-    matrix-product forms made LeNet-5's layers and ResNet-18's strided layers slower when tried
-    (0.7–0.9× within LeNet-5's train step).
+    alone (`_conv_matmul_input_grad`). A 1×1 kernel is a matrix product anyway, and so
+    is a layer on few input channels (a patch of at most `NARROW_PATCH` numbers): XLA:CPU
+    runs its kernel gradient as a convolution over the batch, which for LeNet-5's first
+    layer (1 channel, 5×5, batch 128) ran at 8 GFLOP/s, 3.6 ms of a 17.6 ms step. As one
+    matrix product that layer made LeNet-5's train step 1.18× faster (interleaved, 15
+    turns); a 3×3 layer on RGB (ResNet-18's, VGG-11's first) changed the step by under 2 %. Everything else stays `lax`, even where XLA:CPU
+    falls back to its own loops (fewer than 32 output channels, padding of more than
+    (k − 1)/2, strided input gradients): there the matrix-product forms made LeNet-5's
+    other layers and ResNet-18's strided layers slower when tried (0.7–0.95× within the
+    train step).
     """
     out = _geometry(size, ksize, strides, pads)
-    if all(k == 1 for k in ksize) or any(n < k for n, k in zip(size, ksize)):
+    narrow = channels * math.prod(ksize) <= NARROW_PATCH
+    if all(k == 1 for k in ksize) or any(n < k for n, k in zip(size, ksize)) or narrow:
         return "matmul", "matmul"
     if any(m < k for m, k in zip(out, ksize)):
         return "lax", "matmul"
@@ -156,7 +168,7 @@ def _cpu_plan(size, ksize, strides, pads) -> tuple[str, str]:
 def _auto_conv(x, kernel, strides, pads, groups):
     """On the CPU the formulation `_cpu_plan` picks for the shape; `lax` convolution elsewhere."""
     nd = x.ndim - 2
-    forward, input_grad = _cpu_plan(x.shape[1:-1], kernel.shape[:nd], strides, pads)
+    forward, input_grad = _cpu_plan(x.shape[1:-1], kernel.shape[:nd], strides, pads, x.shape[-1])
 
     def cpu(x, kernel):
         if forward == "matmul":
