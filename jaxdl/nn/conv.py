@@ -150,11 +150,11 @@ def _cpu_plan(size, ksize, strides, pads, channels) -> tuple[str, str]:
     runs its kernel gradient as a convolution over the batch, which for LeNet-5's first
     layer (1 channel, 5×5, batch 128) ran at 8 GFLOP/s, 3.6 ms of a 17.6 ms step. As one
     matrix product that layer made LeNet-5's train step 1.18× faster (interleaved, 15
-    turns); a 3×3 layer on RGB (ResNet-18's, VGG-11's first) changed the step by under 2 %. Everything else stays `lax`, even where XLA:CPU
-    falls back to its own loops (fewer than 32 output channels, padding of more than
-    (k − 1)/2, strided input gradients): there the matrix-product forms made LeNet-5's
-    other layers and ResNet-18's strided layers slower when tried (0.7–0.95× within the
-    train step).
+    turns); a 3×3 layer on RGB (ResNet-18's, VGG-11's first) changed the step by under
+    2 %. Everything else stays `lax`, even where XLA:CPU falls back to its own loops
+    (fewer than 32 output channels, padding of more than (k − 1)/2, strided input
+    gradients): there the matrix-product forms made LeNet-5's second layer and
+    ResNet-18's strided layers slower when tried.
     """
     out = _geometry(size, ksize, strides, pads)
     narrow = channels * math.prod(ksize) <= NARROW_PATCH
