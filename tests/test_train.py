@@ -92,6 +92,16 @@ def test_epoch_permutations_are_jax_random_permutation(n):
         np.testing.assert_array_equal(np.asarray(got[k]), want)
 
 
+def test_epoch_permutations_keep_permutations_dtype_with_x64():
+    from jax.experimental import enable_x64
+    with enable_x64():
+        key = jax.random.PRNGKey(0)
+        got = jax.jit(data.epoch_permutations, static_argnums=2)(key, jnp.arange(2), 50)
+        want = np.stack([np.asarray(jax.random.permutation(jax.random.fold_in(key, e), 50)) for e in range(2)])
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(np.asarray(got), want)
+
+
 def test_catalogue_dataset_offline_fails_fast_with_a_clear_message(tmp_path):
     start = time.time()
     with pytest.raises(UserError, match="cifar10.*not prepared.*download=True"):

@@ -11,6 +11,7 @@ uninterrupted run would.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Any
 
@@ -172,14 +173,14 @@ def _round_bits(key: jax.Array, num_examples: int) -> jax.Array:
     return jnp.stack(rows) if rows else jnp.zeros((0, num_examples), jnp.uint32)
 
 
-def _host_sorts(bits: np.ndarray) -> np.ndarray:
-    """(..., R, N) sort keys -> (..., N) int32: R stable sorts of arange(N), on the host."""
+def _host_sorts(bits: np.ndarray, dtype: Any) -> np.ndarray:
+    """(..., R, N) sort keys -> (..., N) indices: R stable sorts of arange(N), on the host."""
     bits = np.asarray(bits)
-    idx = np.broadcast_to(np.arange(bits.shape[-1], dtype=np.int32), bits.shape[:-2] + bits.shape[-1:])
+    idx = np.broadcast_to(np.arange(bits.shape[-1], dtype=dtype), bits.shape[:-2] + bits.shape[-1:])
     for r in range(bits.shape[-2]):
         # sort_key_val(keys, idx) on a stable sort moves idx[j] to the rank of keys[j].
         idx = np.take_along_axis(idx, np.argsort(bits[..., r, :], axis=-1, kind="stable"), -1)
-    return idx.astype(np.int32)
+    return idx
 
 
 def epoch_permutations(key: jax.Array, epochs: jax.Array, num_examples: int) -> jax.Array:
@@ -198,8 +199,10 @@ def epoch_permutations(key: jax.Array, epochs: jax.Array, num_examples: int) -> 
 
     def cpu(keys):
         bits = jax.vmap(lambda k: _round_bits(k, num_examples))(keys)
-        out = jax.ShapeDtypeStruct(bits.shape[:-2] + (num_examples,), jnp.int32)
-        return jax.pure_callback(_host_sorts, out, bits, vmap_method="broadcast_all")
+        dtype = jnp.arange(0).dtype  # permutation's: int64 with jax_enable_x64
+        out = jax.ShapeDtypeStruct(bits.shape[:-2] + (num_examples,), dtype)
+        return jax.pure_callback(functools.partial(_host_sorts, dtype=dtype), out, bits,
+                                 vmap_method="broadcast_all")
 
     return jax.lax.platform_dependent(keys, cpu=cpu, default=device)
 
