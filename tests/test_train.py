@@ -93,8 +93,7 @@ def test_epoch_permutations_are_jax_random_permutation(n):
 
 
 def test_epoch_permutations_keep_permutations_dtype_with_x64():
-    from jax.experimental import enable_x64
-    with enable_x64():
+    with jax.enable_x64(True):
         key = jax.random.PRNGKey(0)
         got = jax.jit(data.epoch_permutations, static_argnums=2)(key, jnp.arange(2), 50)
         want = np.stack([np.asarray(jax.random.permutation(jax.random.fold_in(key, e), 50)) for e in range(2)])
