@@ -21,14 +21,15 @@ MODELS = {
 }
 # Steps per compiled call: dispatch dominates these tiny models, so long rolled chunks
 # (250 divides log_every and eval_every). Measured on a 2-core CPU, interleaved
-# (benchmarks/notes.md): 250 rolled steps per call ran the MLP 1.3× and the CNN 1.4×
-# faster than the earlier 50 rolled and 10 unrolled, and end bit for bit where they do.
+# (benchmarks/notes.md): 250 rolled steps per call ran the MLP 1.25× and the CNN 1.36×
+# faster than the earlier 50 rolled and 10 unrolled. A single seed ends bit for bit where
+# those did; the vmapped K-seed program compiles, and so rounds, differently.
 # The CNN's "patches" convolutions are matrix products, which stay fast in a rolled loop.
 STEPS_PER_CALL = {"logreg": 250, "mlp": 250, "cnn": 250}
 # The paper trains every model without weight decay. The CNN alone gets an L2 term of
 # 1e-4: over 5 seeds an earlier version reached 92.5 ± 0.9 % without it (the paper: 94 %)
-# and 94.4 ± 1.1 % with it; the current one 92.9 ± 1.0 % and 93.2 ± 3.8 % (one seed of five
-# at 85.8 %; README). Logreg and MLP match the paper without it.
+# and 94.4 ± 1.1 % with it; the current one 93.0 ± 1.3 % and 94.9 ± 0.8 % (README).
+# Logreg and MLP match the paper without it.
 WEIGHT_DECAY = {"logreg": 0.0, "mlp": 0.0, "cnn": 1e-4}
 
 
