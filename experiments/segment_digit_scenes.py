@@ -4,7 +4,10 @@
 
 Measured with this command and `--config.num_steps=N` (cosine schedule over N steps)
 on the 2-core CPU machine while other jobs shared it (wall time of the whole command;
-CPU time of the process in brackets):
+CPU time of the process in brackets), by an earlier version of jaxdl; the current one,
+from a fresh clone on 2026-12-06 at a load average of 1.6–1.9, with the dataset
+prepared in the same command: the default 1,600 steps gave mIoU 0.861, background IoU
+0.996, pixel accuracy 0.991, weakest digit 8: 0.761, in 6 min 53 s.
 
 | N | mIoU | background IoU | pixel accuracy | weakest digit | wall (CPU) | load average |
 |---|---|---|---|---|---|---|
