@@ -374,7 +374,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, build: Callable[[], Run
 
     # ---------------------------------------------------------------- compiled steps
     num_steps = r.num_steps
-    chunk = max(1, min(config.get("steps_per_call", 1), num_steps))
+    # A call never spans more steps than the most frequent log, evaluation or checkpoint,
+    # so those come on time whatever `steps_per_call` is.
+    every = [config.get(k) for k in ("log_every", "eval_every", "checkpoint_every")]
+    chunk = max(1, min(config.get("steps_per_call", 1), num_steps, *(e for e in every if e)))
     step_chunk = r.make_steps(chunk)
     step_one = r.make_steps(1) if chunk > 1 else step_chunk
 
