@@ -92,6 +92,16 @@ def test_epoch_permutations_are_jax_random_permutation(n):
         np.testing.assert_array_equal(np.asarray(got[k]), want)
 
 
+def test_epoch_permutations_sort_on_the_device_off_the_cpu():
+    def perms(key):
+        return data.epoch_permutations(key, jnp.arange(2), 4000)
+    key = jax.ShapeDtypeStruct((2,), jnp.uint32)
+    gpu = jax.export.export(jax.jit(perms), platforms=["cuda"])(key).mlir_module()
+    assert "stablehlo.sort" in gpu and "callback" not in gpu
+    cpu = jax.jit(perms).lower(key).as_text()
+    assert "callback" in cpu and "stablehlo.sort" not in cpu
+
+
 def test_epoch_permutations_keep_permutations_dtype_with_x64():
     with jax.enable_x64(True):
         key = jax.random.PRNGKey(0)
