@@ -13,7 +13,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from experiments import mnist1d, mnist1d_table
-from jaxdl import data, train
+from jaxdl import data, loop, train
 from jaxdl.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -139,20 +139,26 @@ def test_train_step_compiles_once():
     assert int(state.step) == 5 and np.all(np.isfinite(losses)) and losses[-1] < losses[0]
 
 
+@pytest.mark.parametrize("prefetch", [True, False])
 @pytest.mark.parametrize("unroll", [True, False])
-def test_chunked_steps_draw_the_batches_of_batch_indices(unroll):
-    """Several steps per call (crossing an epoch boundary) equal one step per batch_indices batch."""
+def test_chunked_steps_draw_the_batches_of_batch_indices(unroll, prefetch, monkeypatch):
+    """Calls of several steps (crossing epoch boundaries, the second starting mid-epoch)
+    equal one step per batch_indices batch, with the call's batches gathered up front or per step."""
+    monkeypatch.setattr(loop, "PREFETCH_BYTES", 1 << 30 if prefetch else 0)
     config = tiny_config()
-    config.batch_size = 400  # 3 steps per epoch: 7 steps span 3 epochs
+    config.batch_size = 400  # 3 steps per epoch: 7 steps span 3 epochs, the next 4 start at step 7
     state, x, y = _digits_state(config)
-    chunked, metrics = jax.jit(lambda s: train.train_steps(
-        s, x, y, batch_size=400, num=7, unroll=unroll))(state)
+    chunked, losses = state, []
+    for num in (7, 4):
+        chunked, metrics = jax.jit(lambda s, num=num: train.train_steps(
+            s, x, y, batch_size=400, num=num, unroll=unroll))(chunked)
+        losses.extend(np.asarray(metrics["loss"]))
     ref = state
     data_key = jax.random.fold_in(state.key, train._DATA)
-    for s in range(7):
+    for s in range(11):
         idx = data.batch_indices(data_key, jnp.int32(s), x.shape[0], 400)
         ref, m = jax.jit(train.train_step)(ref, {"x": x[idx], "y": y[idx]})
-        np.testing.assert_allclose(metrics["loss"][s], m["loss"], rtol=1e-5)
+        np.testing.assert_allclose(losses[s], m["loss"], rtol=1e-5)
     for a, b in zip(jax.tree.leaves(chunked.params), jax.tree.leaves(ref.params)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
