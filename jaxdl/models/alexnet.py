@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxdl.nn.conv import Conv2D
+from jaxdl.nn.dense import Dense
 from jaxdl.nn.norm import LocalResponseNorm
 from jaxdl.nn.pool import max_pool
 
@@ -88,9 +89,9 @@ class AlexNet(nn.Module):
         x = feats["pool5"] = pool(x)
         x = x.reshape((x.shape[0], -1))
         for name in ("fc6", "fc7"):
-            x = feats[name] = nn.relu(nn.Dense(hidden, dtype=self.dtype, name=name)(x))
+            x = feats[name] = nn.relu(Dense(hidden, dtype=self.dtype, name=name)(x))
             x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        logits = nn.Dense(self.num_classes, dtype=self.dtype, name="fc8")(x)
+        logits = Dense(self.num_classes, dtype=self.dtype, name="fc8")(x)
         logits = feats["fc8"] = logits.astype(jnp.float32)
         return (logits, feats) if return_features else logits
 

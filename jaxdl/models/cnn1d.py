@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdl.nn.conv import Conv1D
+from jaxdl.nn.dense import Dense
 
 
 def torch_default_init(fan_in: int) -> Callable:
@@ -67,4 +68,4 @@ class CNN1D(nn.Module):
                        impl=self.conv_impl, name=f"conv{i + 1}", **self._inits(k * x.shape[-1]))(x)
             x = nn.relu(x)
         x = x.reshape(x.shape[0], -1)
-        return nn.Dense(self.num_classes, name="out", **self._inits(x.shape[-1]))(x)
+        return Dense(self.num_classes, name="out", **self._inits(x.shape[-1]))(x)

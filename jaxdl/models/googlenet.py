@@ -7,6 +7,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxdl.nn.conv import Conv2D
+from jaxdl.nn.dense import Dense
 from jaxdl.nn.norm import LocalResponseNorm
 from jaxdl.nn.pool import avg_pool, max_pool
 
@@ -78,9 +79,9 @@ class AuxClassifier(nn.Module):
         x = avg_pool(x, 5, 3)
         x = _conv(max(1, round(128 * self.width)), 1, self.dtype)(x)
         x = x.reshape((x.shape[0], -1))
-        x = nn.relu(nn.Dense(max(1, round(1024 * self.width)), dtype=self.dtype)(x))
+        x = nn.relu(Dense(max(1, round(1024 * self.width)), dtype=self.dtype)(x))
         x = nn.Dropout(0.7, deterministic=not train)(x)
-        return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
+        return Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
 
 
 class GoogLeNet(nn.Module):
@@ -160,7 +161,7 @@ class GoogLeNet(nn.Module):
                 aux.append(head(x, train))
         x = feats["pool"] = jnp.mean(x, axis=(1, 2))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        logits = nn.Dense(self.num_classes, dtype=d, name="fc")(x).astype(jnp.float32)
+        logits = Dense(self.num_classes, dtype=d, name="fc")(x).astype(jnp.float32)
         if aux and train:
             feats["aux1"], feats["aux2"] = aux
         if return_features:

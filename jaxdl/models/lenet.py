@@ -5,6 +5,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxdl.nn.conv import Conv2D
+from jaxdl.nn.dense import Dense
 from jaxdl.nn.pool import avg_pool, max_pool
 
 
@@ -61,7 +62,7 @@ class LeNet5(nn.Module):
         x = feats["S4"] = pool(x, 2)
         x = feats["C5"] = act(conv(120, "C5")(x))
         x = x.reshape((x.shape[0], -1))
-        x = feats["F6"] = act(nn.Dense(ch(84), dtype=self.dtype, name="F6")(x))
-        logits = nn.Dense(self.num_classes, dtype=self.dtype, name="output")(x)
+        x = feats["F6"] = act(Dense(ch(84), dtype=self.dtype, name="F6")(x))
+        logits = Dense(self.num_classes, dtype=self.dtype, name="output")(x)
         logits = logits.astype(jnp.float32)
         return (logits, feats) if return_features else logits

@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxdl.nn.activations import get_activation
+from jaxdl.nn.dense import Dense
 
 
 class LogReg(nn.Module):
@@ -20,7 +21,7 @@ class LogReg(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         del train
-        return nn.Dense(self.num_classes, name="out")(x.reshape(x.shape[0], -1))
+        return Dense(self.num_classes, name="out")(x.reshape(x.shape[0], -1))
 
 
 class MLP(nn.Module):
@@ -42,5 +43,5 @@ class MLP(nn.Module):
         tau, _ = get_activation(self.activation)
         x = x.reshape(x.shape[0], -1)
         for i, width in enumerate(self.features):
-            x = tau(nn.Dense(width, name=f"hidden{i + 1}")(x))
-        return nn.Dense(self.num_classes, name="out")(x)
+            x = tau(Dense(width, name=f"hidden{i + 1}")(x))
+        return Dense(self.num_classes, name="out")(x)

@@ -7,6 +7,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxdl.nn.conv import Conv2D
+from jaxdl.nn.dense import Dense
 from jaxdl.nn.pool import max_pool
 
 
@@ -106,7 +107,7 @@ class ResNet(nn.Module):
                                    name=f"stage{i + 1}_block{j + 1}")(x, train)
             feats[f"stage{i + 1}"] = x
         x = feats["pool"] = jnp.mean(x, axis=(1, 2))
-        logits = nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(x)
+        logits = Dense(self.num_classes, dtype=self.dtype, name="fc")(x)
         logits = logits.astype(jnp.float32)
         return (logits, feats) if return_features else logits
 

@@ -23,6 +23,7 @@ from jaxdl.nn.activations import (
     tanh_grad,
 )
 from jaxdl.nn.conv import Conv, Conv1D, Conv2D, conv1d, conv2d
+from jaxdl.nn.dense import Dense, matmul
 
 # Normalisation layers (jaxdl.nn.norm).
 from jaxdl.nn.norm import LocalResponseNorm, local_response_norm
