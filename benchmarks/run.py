@@ -14,7 +14,7 @@ Contenders:
                    launcher builds it; one step per call
   jaxdl, launcher  `jaxdl.train.train_steps` with the launcher config's
                    `steps_per_call`/`unroll` (MLP and 1D CNN): several steps per call,
-                   each gathering its batch from the device-resident train set
+                   their batches gathered from the device-resident train set
   plain Flax       the same model in `flax.linen` layers, a hand-written Optax step
   PyTorch          the same model in `torch.nn`, eager; and under `torch.compile`
 
@@ -607,8 +607,8 @@ def render(results: dict) -> str:
         "",
         "One step: forward, cross-entropy, backward, SGD with momentum. `jaxdl` is "
         "`jax.jit(jaxdl.train.train_step)` on the `jaxdl.models` model, one step per call; "
-        "`jaxdl, launcher` is `jaxdl.train.train_steps` with the launcher config's steps per call, each "
-        "step gathering its batch from the device-resident train set (ratios in brackets). "
+        "`jaxdl, launcher` is `jaxdl.train.train_steps` with the launcher config's steps per call, their "
+        "batches gathered from the device-resident train set inside the call (ratios in brackets). "
         "`PyTorch, 1 thread` is for reference only (the targets use 2 threads).",
         "",
         "| model | batch | params | jaxdl | jaxdl, launcher | plain Flax | PyTorch | torch.compile "
