@@ -10,7 +10,7 @@ to the library: the MNIST-1D MLP's train step got 1.08× faster at the launcher'
 steps per call and 1.03× at one (interleaved, 15 turns; LeNet-5's 1.01×). Other
 backends, where transposed operands cost nothing, get the plain product. Convolutions
 written as matrix products keep the plain product: there the laid-out patches made
-the MNIST-1D CNN's step 1.2× slower.
+the MNIST-1D CNN's step slower (0.73–0.85× of it).
 """
 from __future__ import annotations
 
