@@ -9,7 +9,7 @@ least 97 % test accuracy on the 360 test digits for every architecture, each run
 Measured with the command above (wall time: start-up, compilation and training) on
 2 CPU cores, one run after another, with a load average of 0.1–1.7 during the runs, by
 an earlier version of jaxdl (the README has the current version's rerun from a fresh
-clone on 2026-12-06: 97.5–99.7 %, 19–80 s):
+clone on 2026-12-06: 97.5–99.7 %, 19–87 s):
 
 | argument | model | training (steps × batch) | params | test accuracy | time |
 |---|---|---|---|---|---|

@@ -6,7 +6,7 @@ compiled program (`jax.vmap` over the state). Seed replica k uses `seed + k`, so
 K-seed run starts from the parameters, and draws the data order and keys, of K single
 runs with seeds `seed … seed+K-1`. The vmapped program rounds differently, so the runs
 agree in the first steps and drift apart over thousands (the MNIST-1D CNN, seed 0:
-95.7 % as one of 5 seeds, 95.3 % alone, after 6,000 steps of Adam at 1e-2).
+95.2 % as one of 5 seeds, 95.3 % alone, after 6,000 steps of Adam at 1e-2).
 
 The train set lives on the device; each step gathers its minibatch from the epoch's
 permutation inside jit (`jaxdl.data.batch_indices`), so the data order is a pure
