@@ -82,7 +82,7 @@ def scan_steps(state: Any, data: dict[str, jax.Array], step_fn: Callable, *, bat
     perms = data_lib.epoch_permutations(jax.random.fold_in(state.key, DATA),
                                         first_epoch + jnp.arange(span), n)
 
-    row_bytes = sum(v.dtype.itemsize * v.size // n for v in jax.tree.leaves(data))
+    row_bytes = sum(v.dtype.itemsize * v.size // n for v in data.values())  # the arrays gathered below
     if num * batch_size * row_bytes <= PREFETCH_BYTES:
         order = perms[:, :steps_per_epoch * batch_size].reshape(span * steps_per_epoch, batch_size)
         order = jax.lax.dynamic_slice_in_dim(order, state.step - first_epoch * steps_per_epoch, num)
