@@ -57,9 +57,11 @@ def scan_steps(state: Any, data: dict[str, jax.Array], step_fn: Callable, *, bat
     call, not once per step: on the CPU a permutation of a few thousand indices costs
     more than a whole MLP step. So are the call's batches, in one gather before the
     loop, when they fit in `PREFETCH_BYTES` (a gather per step made the MNIST-1D MLP's
-    step 1.1× slower). A rolled `lax.scan` helps dispatch-bound MLPs but runs
-    convolutions inside the loop body several times slower on XLA:CPU; `unroll=True`
-    avoids that.
+    step 1.1× slower). A rolled `lax.scan` helps dispatch-bound small models. On
+    XLA:CPU the gradients of plain `lax` convolutions (`flax.linen.Conv`,
+    `jaxdl.nn.Conv` with `impl="xla"`) run several times slower inside a loop body than
+    at a program's top level; `jaxdl.nn.Conv`'s default `impl="auto"` does not (see
+    `jaxdl.nn.conv`), and `unroll=True` avoids it for the others.
 
     Args:
       state: one replica's state (with `step` and `key`).

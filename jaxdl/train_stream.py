@@ -182,7 +182,7 @@ def host_steps(state: train.TrainState, x: jax.Array, y: jax.Array, *, unroll: b
       state: one replica's state.
       x: (num, B, ...) stored inputs; `normalise` turns each row into the model's input.
       y: (num, B) labels.
-      unroll: unroll the loop over steps (convolutions run badly inside XLA:CPU loops).
+      unroll: unroll the loop over steps (`jaxdl.loop.scan_steps` says when that matters).
       constrain: the batch's sharding on a device mesh (`jaxdl.parallel`).
 
     Returns:

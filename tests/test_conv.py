@@ -322,3 +322,53 @@ def test_auto_forward_mode_and_second_derivatives_match_lax(spatial, kernel_size
     np.testing.assert_allclose(jvp, jvp_oracle, rtol=1e-4, atol=1e-4)
     for got, want in zip(hvp, hvp_oracle):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def _loop_convolutions(conv, x, kernel):
+    """The dimension labels of every convolution XLA:CPU compiles for the gradient of
+    `conv` inside a two-step `lax.scan` (the body of a loop, not the program's top level)."""
+    def body(carry, _):
+        x, kernel = carry
+        gx, gk = jax.grad(lambda x, k: jnp.sum(jnp.tanh(conv(x, k))), argnums=(0, 1))(x, kernel)
+        return (x - 0.1 * gx, kernel - 0.1 * gk), None
+
+    text = jax.jit(lambda x, k: lax.scan(body, (x, k), None, length=2)[0]).lower(x, kernel).compile().as_text()
+    return [line.split("dim_labels=")[1].split(",")[0] for line in text.splitlines() if " convolution(" in line]
+
+
+@pytest.mark.parametrize("nd, stride", [(1, 2), (2, 1), (2, 2)])
+def test_auto_gradients_are_library_convolutions_inside_a_loop(nd, stride):
+    # XLA:CPU's library runs only canonical convolutions, and rewrites others into them
+    # only at a program's top level. Plain `lax` leaves the gradients in the loop in
+    # other dimension orders (XLA's own loops); `auto` writes them canonical itself.
+    spatial = (12,) * nd
+    x = jnp.ones((4, *spatial, 16))  # a patch of more than NARROW_PATCH numbers: lax
+    kernel = jnp.ones((3,) * nd + (16, 8))
+    canonical = "b0f_0io->b0f" if nd == 1 else "b01f_01io->b01f"
+    conv = jnn.conv1d if nd == 1 else jnn.conv2d
+    auto = _loop_convolutions(functools.partial(conv, stride=stride, padding=1, impl="auto"), x, kernel)
+    assert auto == [canonical] * 3
+    plain = _loop_convolutions(functools.partial(conv, stride=stride, padding=1, impl="xla"), x, kernel)
+    assert len(plain) == 3 and plain.count(canonical) == 1  # the oracle: only the forward pass
+
+
+@pytest.mark.parametrize("spatial, kernel_size, stride, padding", [
+    ((6, 6), (3, 3), 1, 1),   # the canonical-gradient path
+    ((7, 6), (3, 3), 2, 1),
+    ((5, 5), (5, 5), 1, 0),   # output smaller than the kernel: col2im input gradient
+])
+def test_auto_vmapped_gradients_match_lax(spatial, kernel_size, stride, padding):
+    # Several seeds train as one vmapped program: a kernel and an input per seed.
+    rng = np.random.default_rng(sum(spatial) + stride)
+    x = rng.normal(size=(3, 2, *spatial, 4)).astype(np.float32)
+    kernel = rng.normal(size=(3, *kernel_size, 4, 5)).astype(np.float32)
+    bias = np.zeros(5, np.float32)
+
+    def grads(conv):
+        loss = lambda x, k: jnp.sum(jnp.tanh(conv(x, k)) ** 2)
+        return jax.jit(jax.vmap(jax.grad(loss, argnums=(0, 1))), compiler_options=FAST_COMPILE)(x, kernel)
+
+    ours = grads(lambda x, k: jnn.conv2d(x, k, stride=stride, padding=padding, impl="auto"))
+    oracle = grads(lambda x, k: _lax_oracle(x, k, bias, stride, padding, 1))
+    for got, want in zip(ours, oracle):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

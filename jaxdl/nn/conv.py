@@ -103,6 +103,66 @@ def _patch_conv(x, kernel, strides, pads, groups):
     return jnp.einsum("...tgc,tcgk->...gk", patches, taps).reshape(*lead, features)
 
 
+# XLA:CPU runs a convolution in its library (YNNPACK, or Eigen) only in the canonical
+# dimension order: input (B, *spatial, C), kernel (*k, C, K), output (B, *spatial, K).
+# Reverse mode of a `lax` convolution asks for its two gradients in other orders (the
+# kernel gradient contracts over the batch, the input gradient reads the kernel as
+# (*k, K, C)), and XLA:CPU's pass that rewrites those into canonical convolutions and
+# transposes visits only the top level of a program, not the body of a loop. So inside
+# a `lax.scan` (several train steps per call) the gradients ran in XLA's own loops. On
+# a 2-core CPU, interleaved, with `lax` convolutions: the 1D CNN's 250-step call trained
+# 0.26× as fast as plain Flax's single step, LeNet-5's 10-step call 0.32× as fast as
+# its own single step, ResNet-18's 2-step call 0.016×. The tangents below are written
+# so that their transposes, the gradients, come out canonical with explicit transposes
+# (the program XLA builds at the top level, wherever the convolution sits): 1.22×,
+# 0.99× and 1.02× of the same references, and the single steps unchanged (ResNet-18
+# 0.97×, VGG-11 1.01×, LeNet-5 1.01×; same temporary memory).
+
+def _input_tangent(dx, kernel, strides, pads):
+    """conv(dx, kernel) reading the kernel stored (*k, K, C), whose transpose in dx is canonical."""
+    spatial = _spec(dx.ndim - 2)[0][1:-1]
+    return lax.conv_general_dilated(dx, jnp.swapaxes(kernel, -1, -2), strides, pads,
+                                    dimension_numbers=(f"N{spatial}C", f"{spatial}OI", f"N{spatial}C"))
+
+
+def _kernel_tangent(x, dkernel, strides, pads):
+    """conv(x, dkernel) on x stored (C, *spatial, B) and dkernel (C, *k, K), computed
+    (*spatial, B, K): its transpose in dkernel is a canonical convolution over the batch."""
+    nd = x.ndim - 2
+    spatial = _spec(nd)[0][1:-1]
+    xt = jnp.transpose(x, (nd + 1, *range(1, nd + 1), 0))
+    out = lax.conv_general_dilated(xt, jnp.moveaxis(dkernel, -2, 0), strides, pads,
+                                   dimension_numbers=(f"C{spatial}N", f"I{spatial}O", f"{spatial}NC"))
+    return jnp.moveaxis(out, nd, 0)
+
+
+def _sum_terms(out, terms):
+    return sum(terms[1:], terms[0]) if terms else jnp.zeros_like(out)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+def _canonical_conv(x, kernel, strides, pads):
+    """`lax` convolution (one group) whose gradients are canonical convolutions (above).
+
+    A custom JVP rather than a custom VJP, so forward mode and higher derivatives
+    still work.
+    """
+    return _lax_conv(x, kernel, strides, pads, 1)
+
+
+@functools.partial(_canonical_conv.defjvp, symbolic_zeros=True)
+def _canonical_conv_jvp(strides, pads, primals, tangents):
+    x, kernel = primals
+    dx, dkernel = tangents
+    out = _lax_conv(x, kernel, strides, pads, 1)
+    terms = []
+    if not isinstance(dx, SymbolicZero):
+        terms.append(_input_tangent(dx, kernel, strides, pads))
+    if not isinstance(dkernel, SymbolicZero):
+        terms.append(_kernel_tangent(x, dkernel, strides, pads))
+    return out, _sum_terms(out, terms)
+
+
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
 def _conv_matmul_input_grad(x, kernel, strides, pads, groups):
     """`lax` convolution whose input gradient is a matrix product and a scatter-add (col2im).
@@ -126,8 +186,9 @@ def _conv_matmul_input_grad_jvp(strides, pads, groups, primals, tangents):
     if not isinstance(dx, SymbolicZero):
         terms.append(_patch_conv(dx, kernel, strides, pads, groups))
     if not isinstance(dkernel, SymbolicZero):
-        terms.append(_lax_conv(x, dkernel, strides, pads, groups))
-    return out, sum(terms[1:], terms[0]) if terms else jnp.zeros_like(out)
+        terms.append(_lax_conv(x, dkernel, strides, pads, groups) if groups > 1
+                     else _kernel_tangent(x, dkernel, strides, pads))
+    return out, _sum_terms(out, terms)
 
 
 # A patch of at most this many numbers (input channels × kernel taps) makes the whole
@@ -175,7 +236,9 @@ def _auto_conv(x, kernel, strides, pads, groups):
             return _patch_conv(x, kernel, strides, pads, groups)
         if input_grad == "matmul":
             return _conv_matmul_input_grad(x, kernel, strides, pads, groups)
-        return _lax_conv(x, kernel, strides, pads, groups)
+        if groups > 1:
+            return _lax_conv(x, kernel, strides, pads, groups)
+        return _canonical_conv(x, kernel, strides, pads)
 
     return lax.platform_dependent(x, kernel, cpu=cpu,
                                   default=lambda x, k: _lax_conv(x, k, strides, pads, groups))
