@@ -53,7 +53,6 @@ def flax_steps(name: str, num: int) -> bench.Contender:
 
     jitted = jax.jit(steps, donate_argnums=(0, 1, 2, 3))
     box = [params, stats, opt, jnp.zeros((), jnp.int32)]
-    jitted.lower(*box, xs, ys).compile()
 
     def run():
         box[:], losses = jitted(*box, xs, ys)

@@ -42,8 +42,12 @@ def _as_tuple(value: int | Sequence[int], nd: int, name: str) -> tuple[int, ...]
     return tuple(int(v) for v in values)
 
 
+def _spatial(nd: int) -> str:
+    return "HW" if nd == 2 else "W"
+
+
 def _spec(nd: int) -> tuple[str, str, str]:
-    spatial = "HW" if nd == 2 else "W"
+    spatial = _spatial(nd)
     return f"N{spatial}C", f"{spatial}IO", f"N{spatial}C"
 
 
@@ -120,7 +124,7 @@ def _patch_conv(x, kernel, strides, pads, groups):
 
 def _input_tangent(dx, kernel, strides, pads):
     """conv(dx, kernel) reading the kernel stored (*k, K, C), whose transpose in dx is canonical."""
-    spatial = _spec(dx.ndim - 2)[0][1:-1]
+    spatial = _spatial(dx.ndim - 2)
     return lax.conv_general_dilated(dx, jnp.swapaxes(kernel, -1, -2), strides, pads,
                                     dimension_numbers=(f"N{spatial}C", f"{spatial}OI", f"N{spatial}C"))
 
@@ -129,7 +133,7 @@ def _kernel_tangent(x, dkernel, strides, pads):
     """conv(x, dkernel) on x stored (C, *spatial, B) and dkernel (C, *k, K), computed
     (*spatial, B, K): its transpose in dkernel is a canonical convolution over the batch."""
     nd = x.ndim - 2
-    spatial = _spec(nd)[0][1:-1]
+    spatial = _spatial(nd)
     xt = jnp.transpose(x, (nd + 1, *range(1, nd + 1), 0))
     out = lax.conv_general_dilated(xt, jnp.moveaxis(dkernel, -2, 0), strides, pads,
                                    dimension_numbers=(f"C{spatial}N", f"I{spatial}O", f"{spatial}NC"))
