@@ -206,6 +206,9 @@ FAST_CASES = [
     (2, (5, 5), (5, 5), 3, 8, 1, 0, 1),      # output smaller than the kernel: col2im gradient
     (2, (6, 6), (5, 5), 4, 4, 1, 0, 2),
     (2, (5, 6), (3, 3), 2, 3, 3, 0, 1),
+    (2, (9, 8), (3, 3), 2, 4, 2, 1, 1),      # a narrow patch, few kernels: transposed patches
+    (2, (3, 3), (5, 5), 2, 4, 1, 1, 1),      # one output position: the padded window, reshaped
+    (1, (4,), (6,), 3, 5, 1, 1, 1),          # one output position, transposed patches
     (1, (40,), (5,), 1, 5, 2, 1, 1),         # the MNIST-1D CNN's layers
     (1, (10,), (3,), 5, 5, 2, 1, 1),
     (1, (4,), (3,), 6, 6, 1, 2, 3),
@@ -282,6 +285,19 @@ def test_auto_picks_per_backend_and_shape(spatial, kernel_size, stride, padding,
     assert count(_lowered("cpu", spatial, kernel_size, stride, padding, channels)) == cpu_convs
     # Elsewhere the native convolution stays: forward, input and kernel gradient.
     assert count(_lowered("cuda", spatial, kernel_size, stride, padding, channels)) == 3
+
+
+def test_cpu_kernel_gradient_of_a_one_channel_layer_reads_rows():
+    """LeNet-5's first layer (one channel, 5×5, six kernels) on the CPU: the patches are
+    laid out (Π k · C, B · Π out), so the kernel gradient is a product XLA:CPU gives its
+    library, not one contracting its left operand over the leading axis."""
+    x, kernel = jnp.ones((4, 12, 12, 1)), jnp.ones((5, 5, 1, 6))
+    grad = jax.jit(jax.grad(lambda k: jnp.sum(jnp.tanh(jnn.conv2d(x, k, impl="auto")))))
+    hlo = grad.lower(kernel).compile().as_text()
+    if jax.default_backend() == "cpu":
+        slow = [line for line in hlo.splitlines()
+                if " dot(" in line and "f32[25,6]" in line and "lhs_contracting_dims={0}" in line]
+        assert not slow
 
 
 def test_conv_module_groups_and_dtype(key):
