@@ -316,11 +316,13 @@ def _category(op: str, roots: dict, calls: dict) -> str:
     return CATEGORIES[5]
 
 
-def op_profile(c: Contender, steps: int = 3) -> dict:
-    """Milliseconds per step in each kind of XLA operation (summed over threads), from jax.profiler."""
+def op_profile(c: Contender, min_s: float = 1.0) -> dict:
+    """Milliseconds per step in each kind of XLA operation (summed over threads), from
+    jax.profiler, over at least 3 steps and `min_s` seconds of them (one step of a few
+    milliseconds descheduled by the shared machine would otherwise set the numbers)."""
     from jax.profiler import ProfileData
     roots, calls = _hlo_roots(c.hlo)
-    c.run()
+    steps = max(3, _calibrate(c, min_s))
     with tempfile.TemporaryDirectory(prefix="jaxdl-profile-") as d:
         jax.profiler.start_trace(d)
         t = time.perf_counter()
@@ -339,7 +341,7 @@ def op_profile(c: Contender, steps: int = 3) -> dict:
                 if ev.name.startswith("ThunkExecutor") or "Await" in ev.name:
                     continue
                 totals[_category(ev.name, roots, calls)] += ev.duration_ns / 1e6 / steps
-    return {"wall_ms_per_step": wall * 1e3 / steps, "ms_per_step": totals}
+    return {"wall_ms_per_step": wall * 1e3 / steps, "ms_per_step": totals, "steps": steps}
 
 
 # ---------------------------------------------------------------------------- timing
@@ -661,9 +663,10 @@ def render(results: dict) -> str:
         "",
         "## Where the JAX steps spend their time",
         "",
-        "From `jax.profiler` over 3 steps: milliseconds per step in each kind of XLA operation, summed "
-        "over threads (so the sum can exceed the wall time). \"library\" convolutions are those XLA:CPU "
-        "hands to YNNPACK; \"XLA's own loop\" are those it runs with its own emitted loops.",
+        "From `jax.profiler` over at least 3 steps and a second of them: milliseconds per step in "
+        "each kind of XLA operation, summed over threads (so the sum can exceed the wall time). "
+        "\"library\" convolutions are those XLA:CPU hands to YNNPACK; \"XLA's own loop\" are those "
+        "it runs with its own emitted loops.",
         "",
         "| model | step | wall ms | " + " | ".join(CATEGORIES) + " |",
         "|---|---|---|" + "---|" * len(CATEGORIES),
