@@ -196,7 +196,8 @@ def _input_tangent(dx, kernel, strides, pads):
 
 def _kernel_tangent(x, dkernel, strides, pads):
     """conv(x, dkernel) on x stored (C, *spatial, B) and dkernel (C, *k, K), computed
-    (*spatial, B, K): its transpose in dkernel is a canonical convolution over the batch."""
+    (*spatial, B, K) per slice of the batch (`KERNEL_GRADIENT_SPLITS`): its transpose in
+    dkernel is a sum of canonical convolutions, each over its slice of the batch."""
     nd = x.ndim - 2
     spatial = _spatial(nd)
     xt = jnp.transpose(x, (nd + 1, *range(1, nd + 1), 0))
@@ -210,11 +211,11 @@ def _kernel_tangent(x, dkernel, strides, pads):
 
 
 # The kernel gradient sums this many convolutions, each over its share of the batch.
-# XLA:CPU runs independent operations side by side, and YNNPACK's convolution over the
-# batch, whose output (C, *k, K) is small, kept both cores of a 2-core CPU less busy as
-# one operation than as two. In isolation (interleaved, 7 turns, batch 64 or 128) two
-# halves ran LeNet-5's second layer's kernel gradient 1.9× as fast, ResNet-18's 3×3
-# ones 1.01–1.32× (64 to 512 channels); four halves gained little more. Train steps,
+# XLA:CPU runs independent operations side by side, and split in two, YNNPACK's
+# convolution over the batch, whose output (C, *k, K) is small, ran faster on a 2-core
+# CPU: in isolation (interleaved, 7 turns, batch 64 or 128) LeNet-5's second layer's
+# kernel gradient 1.9× as fast, ResNet-18's 3×3 ones 1.01–1.32× (64 to 512 channels);
+# four quarters gained little more. Train steps,
 # interleaved (2026-12-06): LeNet-5 1.13× (11 turns), ResNet-18 1.08× (5), VGG-11
 # 1.03× (5), the 1D CNN with `impl="auto"` 1.00× (11); ResNet-18's temporary memory
 # 506 MB against 497 MB.
