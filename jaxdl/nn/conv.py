@@ -202,10 +202,9 @@ def _kernel_tangent(x, dkernel, strides, pads):
     spatial = _spatial(nd)
     xt = jnp.transpose(x, (nd + 1, *range(1, nd + 1), 0))
     dk = jnp.moveaxis(dkernel, -2, 0)
-    bounds = [round(i * x.shape[0] / KERNEL_GRADIENT_SPLITS) for i in range(KERNEL_GRADIENT_SPLITS + 1)]
-    parts = [lax.conv_general_dilated(xt[..., lo:hi], dk, strides, pads,
+    parts = [lax.conv_general_dilated(part, dk, strides, pads,
                                       dimension_numbers=(f"C{spatial}N", f"I{spatial}O", f"{spatial}NC"))
-             for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
+             for part in jnp.array_split(xt, KERNEL_GRADIENT_SPLITS, axis=-1) if part.shape[-1]]
     out = parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=nd)
     return jnp.moveaxis(out, nd, 0)
 
@@ -215,10 +214,9 @@ def _kernel_tangent(x, dkernel, strides, pads):
 # convolution over the batch, whose output (C, *k, K) is small, ran faster on a 2-core
 # CPU: in isolation (interleaved, 7 turns, batch 64 or 128) LeNet-5's second layer's
 # kernel gradient 1.9× as fast, ResNet-18's 3×3 ones 1.01–1.32× (64 to 512 channels);
-# four quarters gained little more. Train steps,
-# interleaved (2026-12-06): LeNet-5 1.13× (11 turns), ResNet-18 1.08× (5), VGG-11
-# 1.03× (5), the 1D CNN with `impl="auto"` 1.00× (11); ResNet-18's temporary memory
-# 506 MB against 497 MB.
+# four quarters gained little more. Train steps, interleaved (2026-12-06): LeNet-5
+# 1.13× (11 turns), ResNet-18 1.08× (5), VGG-11 1.03× (5), the 1D CNN with
+# `impl="auto"` 1.00× (11); ResNet-18's temporary memory 506 MB against 497 MB.
 KERNEL_GRADIENT_SPLITS = 2
 
 
