@@ -353,17 +353,29 @@ def _calibrate(c: Contender, min_s: float) -> int:
     return max(1, math.ceil(min_s / max(time.perf_counter() - t, 1e-6)))
 
 
-def interleave(contenders, rounds, min_s):
+# Each timed turn starts with this much of untimed steps (at least one). After a turn
+# of PyTorch's, its OpenMP threads spin on both cores for a while: timed in 40-call
+# buckets right after one (2026-12-06, 15 turns), jaxdl's MLP step took 385 µs in the
+# first bucket (about 15 ms) and 218–244 µs in the nine after it.
+WARMUP_S = 0.03
+
+
+def interleave(contenders, rounds, min_s, seed=0):
     """Per contender, the samples/s of each round; all take turns in every round.
 
-    The order rotates from round to round, so no contender always follows the same
-    one (PyTorch's OpenMP threads spin for a while after their work).
+    Each round takes the contenders in a new random order (seeded), so none always
+    follows the same one, and each turn times its steps after `WARMUP_S` of untimed
+    ones, so what the previous contender left running is not charged to it.
     """
+    order = np.random.default_rng(seed)
     reps = [_calibrate(c, min_s) for c in contenders]
     rates = [[] for _ in contenders]
-    for r in range(rounds):
-        for i in range(len(contenders)):
-            k = (i + r) % len(contenders)
+    for _ in range(rounds):
+        for k in order.permutation(len(contenders)):
+            t = time.perf_counter()
+            contenders[k].run()
+            while time.perf_counter() - t < WARMUP_S:
+                contenders[k].run()
             t = time.perf_counter()
             for _ in range(reps[k]):
                 contenders[k].run()
@@ -595,8 +607,9 @@ def render(results: dict) -> str:
         "",
         f"Measured on {m['cpu']} ({m['cores']} cores), {THREADS} threads for both frameworks; JAX "
         f"{m['jax']}, Flax {m['flax']}, PyTorch {m['torch']}. The machine is shared with other work: "
-        "each model's contenders took turns, interleaved, in an order rotating from turn to turn, and the "
-        "numbers are medians over the turns (ratios: medians of the per-turn ratios). When each model was "
+        "each model's contenders took turns, interleaved, in a new random order every round, each turn "
+        f"timed after {WARMUP_S * 1e3:.0f} ms of untimed steps, and the numbers are medians over the turns "
+        "(ratios: medians of the per-turn ratios). When each model was "
         "measured, with how many turns, and the 1-minute load average then (2 means both cores busy):",
         "",
         "| model | measured | turns | load average |",
