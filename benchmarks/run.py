@@ -353,10 +353,10 @@ def _calibrate(c: Contender, min_s: float) -> int:
     return max(1, math.ceil(min_s / max(time.perf_counter() - t, 1e-6)))
 
 
-# Each timed turn starts with this much of untimed steps (at least one). After a turn
-# of PyTorch's, its OpenMP threads spin on both cores for a while: timed in 40-call
-# buckets right after one (2026-12-06, 15 turns), jaxdl's MLP step took 385 µs in the
-# first bucket (about 15 ms) and 218–244 µs in the nine after it.
+# Untimed steps at the start of each turn, for at least this long (and at least one).
+# After a turn of PyTorch's, its OpenMP threads spin on both cores for a while: timed in
+# 40-call buckets right after one (2026-12-06, 15 turns), jaxdl's MLP step took 385 µs
+# in the first bucket (about 15 ms) and 218–244 µs in the nine after it.
 WARMUP_S = 0.03
 
 
