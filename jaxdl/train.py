@@ -30,8 +30,8 @@ import numpy as np
 import optax
 from flax.training.dynamic_scale import DynamicScale
 
+from jaxdl import compiler, loop, losses, models, parallel, progress
 from jaxdl import data as data_lib
-from jaxdl import loop, losses, models, parallel, progress
 from jaxdl import optim as optim_lib
 from jaxdl.data import augment as augment_lib
 from jaxdl.errors import UserError, unknown_name
@@ -282,14 +282,14 @@ def state_shardings(config: ml_collections.ConfigDict, init: Callable[[], Any]) 
 
 
 def compile_steps(fn: Callable, layout: parallel.Layout | None, shardings: Any, data_shardings: Any) -> Callable:
-    """`jax.jit` of `fn(state, *data) -> (state, metrics)`, donating the state.
+    """`jaxdl.compiler.jit` of `fn(state, *data) -> (state, metrics)`, donating the state.
 
     On a mesh with explicit shardings: the state's in and out (`shardings`), the data's
     (`data_shardings`), and the metrics replicated.
     """
     if layout is None:
-        return jax.jit(fn, donate_argnums=0)
-    return jax.jit(fn, in_shardings=(shardings, *data_shardings), out_shardings=(shardings, layout.replicated),
+        return compiler.jit(fn, donate_argnums=0)
+    return compiler.jit(fn, in_shardings=(shardings, *data_shardings), out_shardings=(shardings, layout.replicated),
                    donate_argnums=0)
 
 
@@ -381,7 +381,7 @@ def _setup(config: ml_collections.ConfigDict):
 
 def _scorer(config: ml_collections.ConfigDict, test_ds: data_lib.ArrayDataset):
     """`state -> {test_loss, test_accuracy}` (summarised over replicas) on the test split."""
-    eval_fn = jax.jit(jax.vmap(eval_step, in_axes=(0, None, None, None)))
+    eval_fn = compiler.jit(jax.vmap(eval_step, in_axes=(0, None, None, None)))
     batches = eval_batches(test_ds, config.get("eval_batch_size", 1000), parallel.layout(config))
 
     def score(state, step=None):

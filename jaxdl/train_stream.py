@@ -43,8 +43,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from jaxdl import compiler, loop, parallel, train
 from jaxdl import data as data_lib
-from jaxdl import loop, parallel, train
 from jaxdl import optim as optim_lib
 from jaxdl.data import pipeline
 from jaxdl.data import stream as stream_lib
@@ -231,7 +231,7 @@ def _setup(config: ml_collections.ConfigDict):
 def _scorer(config: ml_collections.ConfigDict, s: dict):
     """`state -> {test_loss, test_accuracy}` (summarised over replicas), the test split streamed."""
     normalise = s["normalise"]
-    eval_fn = jax.jit(jax.vmap(lambda st, x, y, m: train.eval_step(st, normalise(x), y, m),
+    eval_fn = compiler.jit(jax.vmap(lambda st, x, y, m: train.eval_step(st, normalise(x), y, m),
                                in_axes=(0, None, None, None)))
     _, eval_pre = preprocessors(config)
 

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxdl import loop, progress
+from jaxdl import compiler, loop, progress
 from jaxdl import optim as optim_lib
 from jaxdl.data import scenes
 from jaxdl.detection import boxes as boxes_lib
@@ -271,7 +271,7 @@ def _predict_fn(config: ml_collections.ConfigDict, anchors: np.ndarray):
     d = config.detect
     detect_kwargs = {"score_threshold": d.score_threshold, "iou_threshold": d.iou_threshold,
                      "max_detections": d.max_detections, "pre_nms_top_k": d.pre_nms_top_k}
-    return jax.jit(functools.partial(predict, anchors=jnp.asarray(anchors), detect_kwargs=detect_kwargs,
+    return compiler.jit(functools.partial(predict, anchors=jnp.asarray(anchors), detect_kwargs=detect_kwargs,
                                      mean=_stat(config, "mean", 0.0), std=_stat(config, "std", 1.0)))
 
 
@@ -361,7 +361,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                    unroll=config.get("unroll", True),
                                    flip_images=bool((config.get("augment") or {}).get("flip", False)),
                                    **step_kwargs)
-            return jax.jit(fn, donate_argnums=0)
+            return compiler.jit(fn, donate_argnums=0)
 
         evaluate_state, finish = _scorers(config, os.path.abspath(workdir), test_ds, anchors, print_fn)
         data = {"images": train_ds.images, "boxes": train_ds.boxes, "labels": train_ds.labels,

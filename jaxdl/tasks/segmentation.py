@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxdl import loop, progress
+from jaxdl import compiler, loop, progress
 from jaxdl import optim as optim_lib
 from jaxdl.errors import UserError, unknown_name
 from jaxdl.segmentation import augment as augment_lib
@@ -262,7 +262,7 @@ def _setup(config: ml_collections.ConfigDict, train: bool = True):
 
 
 def _eval_fn(config: ml_collections.ConfigDict, num_classes: int):
-    return jax.jit(functools.partial(eval_step, num_classes=num_classes, ignore_label=_ignore(config),
+    return compiler.jit(functools.partial(eval_step, num_classes=num_classes, ignore_label=_ignore(config),
                                      mean=_stat(config, "mean", 0.0), std=_stat(config, "std", 1.0)))
 
 
@@ -352,7 +352,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                    unroll=config.get("unroll", True), padding=aug.get("padding", 0),
                                    flip=bool(aug.get("flip", False)),
                                    mask_fill=aug.get("mask_fill", _ignore(config)), **step_kwargs)
-            return jax.jit(fn, donate_argnums=0)
+            return compiler.jit(fn, donate_argnums=0)
 
         evaluate_state, finish = _scorers(config, os.path.abspath(workdir), test_ds, print_fn)
         return loop.Run(
