@@ -10,7 +10,8 @@ and the median of the per-round ratios. Every contender takes the same batch fro
 memory each step: forward, cross-entropy, backward, SGD with momentum 0.9.
 
 Contenders:
-  jaxdl            `jax.jit(jaxdl.train.train_step)` on a `jaxdl.models` model, as the
+  jaxdl            `jaxdl.train.compile_steps(jaxdl.train.train_step, ...)` (`jax.jit`
+                   with jaxdl's compiler options) on a `jaxdl.models` model, as the
                    launcher builds it; one step per call
   jaxdl, launcher  `jaxdl.train.train_steps` with the launcher config's
                    `steps_per_call`/`unroll` (MLP and 1D CNN): several steps per call,
@@ -152,7 +153,7 @@ def jaxdl_step(name):
     state = train.create_state(jax.random.PRNGKey(0), model, optax.sgd(LR, momentum=0.9), x[:1])
     batch = {"x": x, "y": y}
     t = time.perf_counter()
-    jitted = jax.jit(train.train_step, donate_argnums=0)
+    jitted = train.compile_steps(train.train_step, None, None, ())
     compiled = jitted.lower(state, batch).compile()
     compile_s = time.perf_counter() - t
     flops, memory = _cost(compiled)
@@ -175,7 +176,7 @@ def jaxdl_steps(name, num, unroll, label):
     state = train.create_state(jax.random.PRNGKey(0), model, optax.sgd(LR, momentum=0.9), xs[:1])
     fn = functools.partial(train.train_steps, batch_size=batch, num=num, unroll=unroll)
     t = time.perf_counter()
-    jitted = jax.jit(fn, donate_argnums=0)
+    jitted = train.compile_steps(fn, None, None, ())
     jitted.lower(state, xs, ys).compile()
     compile_s = time.perf_counter() - t
     box = [state]
@@ -280,13 +281,16 @@ def build(name, with_compile=True):
 
 # ---------------------------------------------------------------------------- profile
 
-CATEGORIES = ("convolution, XLA:CPU library", "convolution, XLA's own loop", "matrix product",
+CATEGORIES = ("convolution, YNNPACK", "convolution, Eigen", "convolution, XLA's own loop", "matrix product",
               "transposes and copies", "pooling windows", "elementwise and reductions")
+# The dimension orders of a convolution XLA:CPU can hand to its Eigen convolution.
+_CANONICAL = ("b0f_0io->b0f", "b01f_01io->b01f", "b012f_012io->b012f")
 
 
-def _hlo_roots(hlo: str) -> tuple[dict, dict]:
-    """(computation → opcode of its ROOT, fusion instruction → the computation it calls)."""
-    roots, calls, current = {}, {}, None
+def _hlo_roots(hlo: str) -> tuple[dict, dict, set]:
+    """(computation → opcode of its ROOT, fusion instruction → the computation it calls,
+    the convolution instructions in canonical form with no input dilation)."""
+    roots, calls, canonical, current = {}, {}, set(), None
     for line in hlo.splitlines():
         head = re.match(r"^(?:ENTRY )?%([\w.\-]+) .*\{$", line)
         if head:
@@ -298,22 +302,27 @@ def _hlo_roots(hlo: str) -> tuple[dict, dict]:
         call = re.search(r"%([\w.\-]+) = .* fusion\(.*calls=%([\w.\-]+)", line)
         if call:
             calls[call.group(1)] = call.group(2)
-    return roots, calls
+        conv = re.search(r"%([\w.\-]+) = \S+ convolution\(.*dim_labels=(\S+?),", line)
+        if conv and conv.group(2) in _CANONICAL and "lhs_dilate" not in line:
+            canonical.add(conv.group(1))
+    return roots, calls, canonical
 
 
-def _category(op: str, roots: dict, calls: dict) -> str:
+def _category(op: str, roots: dict, calls: dict, canonical: set) -> str:
     root = roots.get(calls.get(op, ""), "")
     if op in calls and ("ynn" in op or "xnn" in op):
-        return CATEGORIES[0] if root == "convolution" else CATEGORIES[2] if root == "dot" else CATEGORIES[5]
-    if "conv" in op:
+        return CATEGORIES[0] if root == "convolution" else CATEGORIES[3] if root == "dot" else CATEGORIES[6]
+    if op in canonical:
         return CATEGORIES[1]
-    if "dot" in op or root == "dot":
+    if "conv" in op:
         return CATEGORIES[2]
-    if "transpose" in op or op.startswith("copy"):
+    if "dot" in op or root == "dot":
         return CATEGORIES[3]
-    if "select-and-scatter" in op or "reduce-window" in op:
+    if "transpose" in op or op.startswith("copy"):
         return CATEGORIES[4]
-    return CATEGORIES[5]
+    if "select-and-scatter" in op or "reduce-window" in op:
+        return CATEGORIES[5]
+    return CATEGORIES[6]
 
 
 def op_profile(c: Contender, min_s: float = 1.0) -> dict:
@@ -321,7 +330,7 @@ def op_profile(c: Contender, min_s: float = 1.0) -> dict:
     jax.profiler, over at least 3 steps and `min_s` seconds of them (one step of a few
     milliseconds descheduled by the shared machine would otherwise set the numbers)."""
     from jax.profiler import ProfileData
-    roots, calls = _hlo_roots(c.hlo)
+    roots, calls, canonical = _hlo_roots(c.hlo)
     steps = max(3, _calibrate(c, min_s))
     with tempfile.TemporaryDirectory(prefix="jaxdl-profile-") as d:
         jax.profiler.start_trace(d)
@@ -340,7 +349,7 @@ def op_profile(c: Contender, min_s: float = 1.0) -> dict:
             for ev in line.events:
                 if ev.name.startswith("ThunkExecutor") or "Await" in ev.name:
                     continue
-                totals[_category(ev.name, roots, calls)] += ev.duration_ns / 1e6 / steps
+                totals[_category(ev.name, roots, calls, canonical)] += ev.duration_ns / 1e6 / steps
     return {"wall_ms_per_step": wall * 1e3 / steps, "ms_per_step": totals, "steps": steps}
 
 
@@ -572,7 +581,8 @@ def _profile_rows(name: str, r: dict) -> list[str]:
     for label in ("jaxdl", "plain Flax"):
         prof = r["contenders"].get(label, {}).get("profile")
         if prof:
-            cells = " | ".join(f"{prof['ms_per_step'][k]:.1f}" for k in CATEGORIES)
+            cells = " | ".join(f"{prof['ms_per_step'][k]:.1f}" if k in prof["ms_per_step"] else "–"
+                               for k in CATEGORIES)
             rows.append(f"| {TITLES[name]} | {label} | {prof['wall_ms_per_step']:.1f} | {cells} |")
     return rows
 
@@ -621,7 +631,9 @@ def render(results: dict) -> str:
         "## Training samples per second",
         "",
         "One step: forward, cross-entropy, backward, SGD with momentum. `jaxdl` is "
-        "`jax.jit(jaxdl.train.train_step)` on the `jaxdl.models` model, one step per call; "
+        "`jaxdl.train.compile_steps(jaxdl.train.train_step, ...)` on the `jaxdl.models` model, one step per call "
+        "(`jax.jit` with jaxdl's compiler options, `jaxdl.compiler`; plain Flax and the matrix-product peak use "
+        "`jax.jit`'s defaults); "
         "`jaxdl, launcher` is `jaxdl.train.train_steps` with the launcher config's steps per call, their "
         "batches gathered from the device-resident train set inside the call (ratios in brackets). "
         "`PyTorch, 1 thread` is for reference only (the targets use 2 threads).",
@@ -678,8 +690,8 @@ def render(results: dict) -> str:
         "",
         "From `jax.profiler` over at least 3 steps and a second of them: milliseconds per step in "
         "each kind of XLA operation, summed over threads (so the sum can exceed the wall time). "
-        "\"library\" convolutions are those XLA:CPU hands to YNNPACK; \"XLA's own loop\" are those "
-        "it runs with its own emitted loops.",
+        "A convolution runs in YNNPACK (a library fusion), in XLA:CPU's Eigen convolution (counted so when "
+        "its dimensions are in the canonical order and its input undilated) or in loops XLA emits itself.",
         "",
         "| model | step | wall ms | " + " | ".join(CATEGORIES) + " |",
         "|---|---|---|" + "---|" * len(CATEGORIES),
