@@ -216,7 +216,10 @@ def _kernel_tangent(x, dkernel, strides, pads):
 # kernel gradient 1.9× as fast, ResNet-18's 3×3 ones 1.01–1.32× (64 to 512 channels);
 # four quarters gained little more. Train steps, interleaved (2026-12-06): LeNet-5
 # 1.13× (11 turns), ResNet-18 1.08× (5), VGG-11 1.03× (5), the 1D CNN with
-# `impl="auto"` 1.00× (11); ResNet-18's temporary memory 506 MB against 497 MB.
+# `impl="auto"` 1.00× (11); ResNet-18's temporary memory 506 MB against 497 MB. With
+# Eigen's convolutions in place of YNNPACK's (`jaxdl.compiler`), two halves alone ran
+# 0.95–1.00× as fast as one convolution (LeNet-5's second layer 1.18×), and in train
+# steps ResNet-18 1.06× (5 turns), VGG-11 0.97× (5), LeNet-5 0.98× (21): still two.
 KERNEL_GRADIENT_SPLITS = 2
 
 
