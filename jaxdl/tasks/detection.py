@@ -272,7 +272,7 @@ def _predict_fn(config: ml_collections.ConfigDict, anchors: np.ndarray):
     detect_kwargs = {"score_threshold": d.score_threshold, "iou_threshold": d.iou_threshold,
                      "max_detections": d.max_detections, "pre_nms_top_k": d.pre_nms_top_k}
     return compiler.jit(functools.partial(predict, anchors=jnp.asarray(anchors), detect_kwargs=detect_kwargs,
-                                     mean=_stat(config, "mean", 0.0), std=_stat(config, "std", 1.0)))
+                                          mean=_stat(config, "mean", 0.0), std=_stat(config, "std", 1.0)))
 
 
 def _stat(config, name, default):

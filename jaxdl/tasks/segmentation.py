@@ -263,7 +263,7 @@ def _setup(config: ml_collections.ConfigDict, train: bool = True):
 
 def _eval_fn(config: ml_collections.ConfigDict, num_classes: int):
     return compiler.jit(functools.partial(eval_step, num_classes=num_classes, ignore_label=_ignore(config),
-                                     mean=_stat(config, "mean", 0.0), std=_stat(config, "std", 1.0)))
+                                          mean=_stat(config, "mean", 0.0), std=_stat(config, "std", 1.0)))
 
 
 def _ignore(config: ml_collections.ConfigDict) -> int:
