@@ -709,7 +709,8 @@ def render(results: dict) -> str:
         "From `jax.profiler` over at least 3 steps and a second of them: milliseconds per step in "
         "each kind of XLA operation, summed over threads (so the sum can exceed the wall time). "
         "A convolution runs in YNNPACK (a library fusion), in XLA:CPU's Eigen convolution (counted so when "
-        "its dimensions are in the canonical order and its input undilated) or in loops XLA emits itself.",
+        "its dimensions are in the canonical order and its input undilated) or in loops XLA emits itself. An "
+        "Eigen convolution or matrix product counts, per thread, from its start to that thread's end mark.",
         "",
         "| model | step | wall ms | " + " | ".join(CATEGORIES) + " |",
         "|---|---|---|" + "---|" * len(CATEGORIES),
