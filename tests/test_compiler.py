@@ -13,6 +13,14 @@ def _conv(x, w):
     return lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
+def _lenet5(batch):
+    """A LeNet-5 train state and a batch of random images with labels."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (batch, 32, 32, 1))
+    state = train.create_state(jax.random.PRNGKey(1), models.LeNet5(num_classes=10),
+                               optax.sgd(0.1, momentum=0.9), x[:1])
+    return state, x, jnp.arange(batch) % 10
+
+
 @pytest.fixture
 def fresh_options():
     compiler.options.cache_clear()
@@ -49,10 +57,7 @@ def test_callers_options_win_over_jaxdls(monkeypatch):
 
 def test_a_compiled_train_step_matches_plain_jit(fresh_options):
     """LeNet-5's step through `train.compile_steps` (jaxdl's options) against `jax.jit`'s defaults."""
-    model = models.LeNet5(num_classes=10)
-    x = jax.random.normal(jax.random.PRNGKey(0), (8, 32, 32, 1))
-    y = jnp.arange(8) % 10
-    state = train.create_state(jax.random.PRNGKey(1), model, optax.sgd(0.1, momentum=0.9), x[:1])
+    state, x, y = _lenet5(8)
     ours = train.compile_steps(train.train_step, None, None, ())
     plain = jax.jit(train.train_step)
     a, ma = ours(jax.tree.map(jnp.copy, state), {"x": x, "y": y})
@@ -64,10 +69,7 @@ def test_a_compiled_train_step_matches_plain_jit(fresh_options):
 
 def test_a_conv_models_compiled_steps_are_bitwise_repeatable():
     """Exact resume and identical logs need it: Eigen's threads must not change the sums."""
-    model = models.LeNet5(num_classes=10)
-    x = jax.random.normal(jax.random.PRNGKey(0), (64, 32, 32, 1))
-    y = jnp.arange(64) % 10
-    state = train.create_state(jax.random.PRNGKey(1), model, optax.sgd(0.1, momentum=0.9), x[:1])
+    state, x, y = _lenet5(64)
     step = train.compile_steps(train.train_step, None, None, ())
     runs = []
     for _ in range(3):
