@@ -133,6 +133,36 @@ def test_max_pool_gradient_matches_flax(shape, window, stride, padding):
     np.testing.assert_array_equal(ours_grad, flax_grad)
 
 
+@pytest.mark.parametrize("shape, window, stride, padding", [
+    ((2, 6, 4, 3), (2, 2), None, "valid"),
+    ((2, 7, 5, 3), (2, 2), None, "same"),
+    ((2, 7, 5, 3), (3, 3), (2, 2), "valid"),
+    ((2, 7, 5, 3), (3, 2), (2, 1), "same"),
+    ((2, 9, 3), (3,), (2,), "same"),
+])
+def test_max_pool_gradient_goes_to_the_first_of_tied_maxima(shape, window, stride, padding):
+    # Three values only, so most windows hold their maximum more than once (as after a
+    # ReLU, where whole windows are zero). flax.linen.max_pool (select-and-scatter) gives
+    # each window's gradient to its first maximum, row-major; so must every path here.
+    x = np.random.default_rng(2).integers(0, 3, size=shape).astype(np.float32)
+    flax_stride = stride or window
+
+    @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
+    def grads(x):
+        out = jnn.max_pool(x, window, stride, padding)
+        weight = jnp.asarray(np.random.default_rng(3).normal(size=out.shape).astype(np.float32))
+        ours = jax.grad(lambda x: jnp.sum(jnn.max_pool(x, window, stride, padding) * weight))(x)
+        theirs = jax.grad(lambda x: jnp.sum(nn.max_pool(x, window, flax_stride, padding.upper()) * weight))(x)
+        ours_fwd = jax.jvp(lambda x: jnn.max_pool(x, window, stride, padding), (x,), (x + 1.0,))[1]
+        theirs_fwd = jax.jvp(lambda x: nn.max_pool(x, window, flax_stride, padding.upper()), (x,), (x + 1.0,))[1]
+        return ours, theirs, ours_fwd, theirs_fwd
+
+    ours, theirs, ours_fwd, theirs_fwd = grads(x)
+    assert np.count_nonzero(ours) < x.size // 2  # the ties were there, and each window got one
+    np.testing.assert_array_equal(ours, theirs)
+    np.testing.assert_array_equal(ours_fwd, theirs_fwd)
+
+
 def test_uniform_weights_give_average_pooling():
     x = np.random.default_rng(0).normal(size=(1, 5, 5, 2)).astype(np.float32)
 

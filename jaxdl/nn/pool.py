@@ -103,6 +103,8 @@ def max_pool(x: Array, window: int | Sequence[int], stride: int | Sequence[int] 
     own axes and reduced with one max, whose gradient is 6× cheaper on XLA:CPU than
     `lax.reduce_window`'s select-and-scatter; other strides take the max over
     strided slices. Other backends use `lax.reduce_window`, as `flax.linen.max_pool`.
+    On every backend a window's derivative goes to its first maximum (row-major) when
+    it holds the maximum more than once.
 
     Args:
       x: (B, *spatial, C).
@@ -128,11 +130,57 @@ def _max_pool_cpu(x: Array, window, stride, pads, out) -> Array:
     xp = _pad(x, pads, _lowest(x.dtype))
     if stride == window:
         blocks, axes = _blocks(xp, window, out)
-        return jnp.max(blocks, axis=axes)
+        return _block_max(blocks, axes)
+    return _slices_max(xp, window, stride, out)
+
+
+# Where a window holds its maximum more than once, the derivative goes to the first of
+# them (row-major in the window), as `lax.reduce_window`'s select-and-scatter (the other
+# backends' path, `flax.linen.max_pool`) and PyTorch route it; `jnp.max` and
+# `jnp.maximum` would split it among the ties. Max pooling after a ReLU ties wherever a
+# window is all zeros.
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _block_max(blocks: Array, axes: tuple[int, ...]) -> Array:
+    """Max over the window axes of `_blocks`, its derivative to each window's first maximum."""
+    return jnp.max(blocks, axis=axes)
+
+
+@_block_max.defjvp
+def _block_max_jvp(axes, primals, tangents):
+    (blocks,), (dblocks,) = primals, tangents
+    top = jnp.max(blocks, axis=axes, keepdims=True)
+    sizes = [blocks.shape[a] for a in axes]
+    where = [1] * blocks.ndim
+    for a, n in zip(axes, sizes):
+        where[a] = n
+    position = jnp.asarray(np.arange(np.prod(sizes), dtype=np.int32).reshape(where))  # row-major in the window
+    first = jnp.min(jnp.where(blocks == top, position, position.size), axis=axes, keepdims=True)
+    tangent = jnp.sum(jnp.where(position == first, dblocks, jnp.zeros_like(dblocks)), axis=axes)
+    return jnp.squeeze(top, axes), tangent
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3))
+def _slices_max(xp: Array, window, stride, out) -> Array:
+    """Max over the strided views of each window offset, its derivative to each window's first maximum."""
     acc = None
     for _, view in _offset_slices(xp, window, stride, out):
         acc = view if acc is None else jnp.maximum(acc, view)
     return acc
+
+
+@_slices_max.defjvp
+def _slices_max_jvp(window, stride, out, primals, tangents):
+    (xp,), (dxp,) = primals, tangents
+    views = [view for _, view in _offset_slices(xp, window, stride, out)]
+    dviews = [view for _, view in _offset_slices(dxp, window, stride, out)]
+    top = _slices_max(xp, window, stride, out)
+    first = jnp.full(top.shape, len(views), jnp.int32)
+    for offset in reversed(range(len(views))):  # offsets come row-major in the window
+        first = jnp.where(views[offset] == top, offset, first)
+    tangent = sum(jnp.where(first == offset, dview, jnp.zeros_like(dview))
+                  for offset, dview in enumerate(dviews))
+    return top, tangent
 
 
 def _max_pool_native(x: Array, window, stride, pads) -> Array:
