@@ -290,7 +290,7 @@ def compile_steps(fn: Callable, layout: parallel.Layout | None, shardings: Any, 
     if layout is None:
         return compiler.jit(fn, donate_argnums=0)
     return compiler.jit(fn, in_shardings=(shardings, *data_shardings), out_shardings=(shardings, layout.replicated),
-                   donate_argnums=0)
+                        donate_argnums=0)
 
 
 def make_model(model_config: ml_collections.ConfigDict, num_classes: int) -> Any:

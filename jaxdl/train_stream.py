@@ -232,7 +232,7 @@ def _scorer(config: ml_collections.ConfigDict, s: dict):
     """`state -> {test_loss, test_accuracy}` (summarised over replicas), the test split streamed."""
     normalise = s["normalise"]
     eval_fn = compiler.jit(jax.vmap(lambda st, x, y, m: train.eval_step(st, normalise(x), y, m),
-                               in_axes=(0, None, None, None)))
+                                    in_axes=(0, None, None, None)))
     _, eval_pre = preprocessors(config)
 
     lay = parallel.layout(config)

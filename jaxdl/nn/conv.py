@@ -154,10 +154,11 @@ def _patch_conv_by_row(x, kernel, strides, pads):
     """`_patch_conv` (one group) as the kernel bank (K, Π k · C) against the transposed
     patches: the output comes out (K, B · Π out), then moves its channels last.
 
-    The kernel gradient, (K, N) against (Π k · C, N) contracted over N, reads its left
+    The kernel gradient, (Π k · C, N) against (K, N) contracted over N, reads its left
     operand along its rows, the form XLA:CPU gives its library. (The forward product
     XLA compiles reading the kernel bank down its columns, in its generic kernel: for
-    LeNet-5's first layer, 6 rows, that took 0.06 ms.)
+    LeNet-5's first layer, 6 rows, batch 128, 0.60 ms alone, against 0.50 ms with the
+    bank laid out for the library, too little to add a copy for.)
     """
     nd = x.ndim - 2
     ksize, features = kernel.shape[:nd], kernel.shape[-1]
