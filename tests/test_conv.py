@@ -1,6 +1,7 @@
 """Convolution from the lecture's sum, checked against lax.conv_general_dilated and Figure 4-14."""
 import functools
 import itertools
+import math
 import zlib
 
 import jax
@@ -207,6 +208,8 @@ FAST_CASES = [
     (2, (6, 6), (5, 5), 4, 4, 1, 0, 2),
     (2, (5, 6), (3, 3), 2, 3, 3, 0, 1),
     (2, (9, 8), (3, 3), 2, 4, 2, 1, 1),      # a narrow patch, few kernels: transposed patches
+    (2, (8, 8), (3, 3), 3, 32, 1, 1, 1),     # a narrow patch, more kernels (RGB 3×3): both layouts
+    (2, (9, 7), (3, 3), 3, 32, 2, 1, 1),
     (2, (3, 3), (5, 5), 2, 4, 1, 1, 1),      # one output position: the padded window, reshaped
     (1, (4,), (6,), 3, 5, 1, 1, 1),          # one output position, transposed patches
     (1, (40,), (5,), 1, 5, 2, 1, 1),         # the MNIST-1D CNN's layers
@@ -289,15 +292,20 @@ def test_auto_picks_per_backend_and_shape(spatial, kernel_size, stride, padding,
     assert count(_lowered("cuda", spatial, kernel_size, stride, padding, channels)) == 3
 
 
-def test_cpu_kernel_gradient_of_a_one_channel_layer_reads_rows():
-    """LeNet-5's first layer (one channel, 5×5, six kernels) on the CPU: the patches are
-    laid out (Π k · C, B · Π out), so the kernel gradient is a product XLA:CPU gives its
-    library, not one contracting its left operand over the leading axis."""
-    x, kernel = jnp.ones((4, 12, 12, 1)), jnp.ones((5, 5, 1, 6))
-    grad = jax.jit(jax.grad(lambda k: jnp.sum(jnp.tanh(jnn.conv2d(x, k, impl="auto")))))
+@pytest.mark.parametrize("x_shape, kernel_shape, padding", [
+    ((4, 12, 12, 1), (5, 5, 1, 6), 0),   # LeNet-5's first layer: transposed patches throughout
+    ((4, 12, 12, 3), (3, 3, 3, 64), 1),  # an RGB 3×3 first layer: transposed for the kernel gradient
+])
+def test_cpu_kernel_gradient_of_a_narrow_layer_reads_rows(x_shape, kernel_shape, padding):
+    """A layer on a narrow patch on the CPU: its kernel gradient reads patches laid out
+    (Π k · C, B · Π out), a product XLA:CPU gives its library, not one contracting its
+    left operand over the leading axis (its generic kernel)."""
+    x, kernel = jnp.ones(x_shape), jnp.ones(kernel_shape)
+    grad = jax.jit(jax.grad(lambda k: jnp.sum(jnp.tanh(jnn.conv2d(x, k, padding=padding, impl="auto")))))
     hlo = grad.lower(kernel).compile().as_text()
     if jax.default_backend() == "cpu":
-        products = [line for line in hlo.splitlines() if "= f32[25,6]" in line and "parameter(" not in line]
+        shape = f"= f32[{math.prod(kernel_shape[:-1])},{kernel_shape[-1]}]"
+        products = [line for line in hlo.splitlines() if shape in line and "parameter(" not in line]
         assert products  # the kernel gradient, (Π k · C, K), is computed as such
         assert not [line for line in products if " dot(" in line and "lhs_contracting_dims={0}" in line]
 
@@ -313,16 +321,18 @@ def test_conv_module_groups_and_dtype(key):
         jnn.Conv2D(6, 3, groups=3).init(key, x)
 
 
-@pytest.mark.parametrize("spatial, kernel_size, padding", [
-    ((5, 5), (5, 5), 0),   # output smaller than the kernel: the custom-JVP path
-    ((2, 2), (3, 3), 1),   # map smaller than the kernel: matrix products
-    ((6, 6), (3, 3), 1),   # lax
+@pytest.mark.parametrize("spatial, kernel_size, padding, features", [
+    ((5, 5), (5, 5), 0, 4),   # output smaller than the kernel: the custom-JVP path
+    ((2, 2), (3, 3), 1, 4),   # map smaller than the kernel: matrix products
+    ((6, 6), (3, 3), 1, 4),   # a narrow patch (27 numbers), few kernels: transposed patches
+    ((6, 6), (3, 3), 1, 32),  # a narrow patch, more kernels: the custom-JVP kernel gradient
+    ((8, 8), (5, 5), 1, 4),   # lax (a patch of 75 numbers)
 ])
-def test_auto_forward_mode_and_second_derivatives_match_lax(spatial, kernel_size, padding):
-    rng = np.random.default_rng(sum(spatial) + padding)
+def test_auto_forward_mode_and_second_derivatives_match_lax(spatial, kernel_size, padding, features):
+    rng = np.random.default_rng(sum(spatial) + padding + features)
     x, dx = (rng.normal(size=(2, *spatial, 3)).astype(np.float32) for _ in range(2))
-    kernel, dk = (rng.normal(size=(*kernel_size, 3, 4)).astype(np.float32) for _ in range(2))
-    bias = np.zeros(4, np.float32)
+    kernel, dk = (rng.normal(size=(*kernel_size, 3, features)).astype(np.float32) for _ in range(2))
+    bias = np.zeros(features, np.float32)
 
     def loss(conv):
         return lambda x, kernel: jnp.sum(jnp.tanh(conv(x, kernel)))
