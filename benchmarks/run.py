@@ -717,6 +717,16 @@ def render(results: dict) -> str:
     ]
     for name, r in models.items():
         lines += _profile_rows(name, r)
+    lines += ["", "## The convolutions, layer by layer", "",
+              "Each 3×3 convolution of ResNet-18 and VGG-11 at the table's batch, its three products "
+              "(forward, input gradient, kernel gradient) compiled and timed alone, jaxdl's against PyTorch's, "
+              "interleaved (`benchmarks/layers.py` says how).", ""]
+    layers = os.path.join(os.path.dirname(os.path.abspath(__file__)), "layers.md")
+    if os.path.exists(layers):
+        with open(layers) as f:
+            lines.append(f.read().strip())
+    else:
+        lines.append("Not measured yet: `python -m benchmarks.layers`.")
     lines += ["", "## Time to accuracy", ""]
     tta = results.get("time_to_accuracy")
     lines += _tta_lines(tta) if tta else ["Not measured yet: `python -m benchmarks.run --time_to_accuracy`."]
