@@ -189,39 +189,16 @@ def _matmul_conv(x, kernel, strides, pads, groups):
     if groups == 1 and patch <= NARROW_PATCH:
         if kernel.shape[-1] <= patch:
             return _patch_conv_by_row(x, kernel, strides, pads)
-        return _narrow_patch_conv(x, kernel, strides, pads)
+        return _narrow_patch_conv(x, kernel, strides, pads, 1)
     return _patch_conv(x, kernel, strides, pads, groups)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
-def _narrow_patch_conv(x, kernel, strides, pads):
-    """`_patch_conv` (one group) whose kernel gradient reads the transposed patches.
-
-    A layer on a narrow patch with more kernels than patch numbers (the RGB 3×3 first
-    layer of VGG-11 and ResNet-18: 27 numbers, 64 kernels) keeps its channels-last
-    patches and output for the forward pass. Its kernel gradient, patchesᵀ · δ, was a
-    product contracting the patches over their leading axis, which XLA:CPU runs in its
-    generic kernel after moving δ's channels first: alone, at batch 64 on 32×32, 14 ms
-    against PyTorch's 2.4 ms (`python -m benchmarks.layers`, 2026-12-07). Here it is
-    the transposed patches (`_patches_by_row`) against δ as it lies, a product the
-    library takes: train steps 1.028× (ResNet-18, 5 turns) and 1.016× (VGG-11, 11 turns)
-    as fast, interleaved. A custom JVP, so forward mode and higher derivatives still work.
-    """
-    return _patch_conv(x, kernel, strides, pads, 1)
-
-
-@functools.partial(_narrow_patch_conv.defjvp, symbolic_zeros=True)
-def _narrow_patch_conv_jvp(strides, pads, primals, tangents):
-    x, kernel = primals
-    dx, dkernel = tangents
-    out = _patch_conv(x, kernel, strides, pads, 1)
-    terms = []
-    if not isinstance(dx, SymbolicZero):
-        terms.append(_patch_conv(dx, kernel, strides, pads, 1))
-    if not isinstance(dkernel, SymbolicZero):
-        patches, _ = _patches_by_row(x, kernel.shape[:-2], strides, pads)
-        terms.append((patches.T @ dkernel.reshape(-1, kernel.shape[-1])).reshape(out.shape))
-    return out, _sum_terms(out, terms)
+def _transposed_patch_kernel_tangent(x, dkernel, strides, pads, groups):
+    """conv(x, dkernel) as the transposed patches against dkernel: its transpose in
+    dkernel, the kernel gradient, is a product XLA:CPU gives its library (one group)."""
+    del groups
+    patches, out = _patches_by_row(x, dkernel.shape[:-2], strides, pads)
+    return (patches.T @ dkernel.reshape(-1, dkernel.shape[-1])).reshape(x.shape[0], *out, dkernel.shape[-1])
 
 
 # XLA:CPU runs a convolution in its library (YNNPACK, or Eigen) only in the canonical
@@ -279,55 +256,56 @@ def _sum_terms(out, terms):
     return sum(terms[1:], terms[0]) if terms else jnp.zeros_like(out)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
-def _canonical_conv(x, kernel, strides, pads):
-    """`lax` convolution (one group) whose gradients are canonical convolutions (above).
+def _with_tangents(forward, input_tangent, kernel_tangent):
+    """A convolution `forward(x, kernel, strides, pads, groups)` whose tangent is
+    `input_tangent(dx, kernel, ...) + kernel_tangent(x, dkernel, ...)`, each a linear map
+    equal to the convolution's own, written so that its transpose (what reverse mode
+    runs) takes the form chosen for it. A custom JVP rather than a custom VJP, so forward
+    mode and higher derivatives still work."""
+    @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
+    def conv(x, kernel, strides, pads, groups):
+        return forward(x, kernel, strides, pads, groups)
 
-    A custom JVP rather than a custom VJP, so forward mode and higher derivatives
-    still work.
-    """
-    return _lax_conv(x, kernel, strides, pads, 1)
+    @functools.partial(conv.defjvp, symbolic_zeros=True)
+    def conv_jvp(strides, pads, groups, primals, tangents):
+        x, kernel = primals
+        dx, dkernel = tangents
+        out = forward(x, kernel, strides, pads, groups)
+        terms = []
+        if not isinstance(dx, SymbolicZero):
+            terms.append(input_tangent(dx, kernel, strides, pads, groups))
+        if not isinstance(dkernel, SymbolicZero):
+            terms.append(kernel_tangent(x, dkernel, strides, pads, groups))
+        return out, _sum_terms(out, terms)
 
-
-@functools.partial(_canonical_conv.defjvp, symbolic_zeros=True)
-def _canonical_conv_jvp(strides, pads, primals, tangents):
-    x, kernel = primals
-    dx, dkernel = tangents
-    out = _lax_conv(x, kernel, strides, pads, 1)
-    terms = []
-    if not isinstance(dx, SymbolicZero):
-        terms.append(_input_tangent(dx, kernel, strides, pads))
-    if not isinstance(dkernel, SymbolicZero):
-        terms.append(_kernel_tangent(x, dkernel, strides, pads))
-    return out, _sum_terms(out, terms)
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
-def _conv_matmul_input_grad(x, kernel, strides, pads, groups):
-    """`lax` convolution whose input gradient is a matrix product and a scatter-add (col2im).
-
-    The tangent in x goes through `_matmul_conv`, whose transpose (what reverse mode
-    runs) multiplies each output's gradient by the transposed kernel bank and adds
-    every patch gradient back where the patch was cut from; the tangent in the
-    kernel goes through `lax`, whose transpose is the library's kernel-gradient
-    convolution. A custom JVP rather than a custom VJP, so forward mode and higher
-    derivatives still work.
-    """
-    return _lax_conv(x, kernel, strides, pads, groups)
+    return conv
 
 
-@functools.partial(_conv_matmul_input_grad.defjvp, symbolic_zeros=True)
-def _conv_matmul_input_grad_jvp(strides, pads, groups, primals, tangents):
-    x, kernel = primals
-    dx, dkernel = tangents
-    out = _lax_conv(x, kernel, strides, pads, groups)
-    terms = []
-    if not isinstance(dx, SymbolicZero):
-        terms.append(_matmul_conv(dx, kernel, strides, pads, groups))
-    if not isinstance(dkernel, SymbolicZero):
-        terms.append(_lax_conv(x, dkernel, strides, pads, groups) if groups > 1
-                     else _kernel_tangent(x, dkernel, strides, pads))
-    return out, _sum_terms(out, terms)
+def _library_kernel_tangent(x, dkernel, strides, pads, groups):
+    return _lax_conv(x, dkernel, strides, pads, groups) if groups > 1 else _kernel_tangent(x, dkernel, strides, pads)
+
+
+# `lax` convolution (one group) whose gradients are canonical convolutions (above).
+_canonical_conv = _with_tangents(
+    _lax_conv, lambda dx, kernel, strides, pads, groups: _input_tangent(dx, kernel, strides, pads),
+    _library_kernel_tangent)
+
+# `lax` convolution whose input gradient is a matrix product and a scatter-add (col2im):
+# the tangent in x goes through `_matmul_conv`, whose transpose multiplies each output's
+# gradient by the transposed kernel bank and adds every patch gradient back where the
+# patch was cut from; the tangent in the kernel goes through `lax`, whose transpose is
+# the library's kernel-gradient convolution.
+_conv_matmul_input_grad = _with_tangents(_lax_conv, _matmul_conv, _library_kernel_tangent)
+
+# A layer on a narrow patch with more kernels than patch numbers (the RGB 3×3 first layer
+# of VGG-11 and ResNet-18: 27 numbers, 64 kernels) keeps its channels-last patches and
+# output for the forward pass. Its kernel gradient, patchesᵀ · δ, was a product contracting
+# the patches over their leading axis, which XLA:CPU runs in its generic kernel after
+# moving δ's channels first: alone, at batch 64 on 32×32, 14 ms against PyTorch's 2.4 ms
+# (`python -m benchmarks.layers`, 2026-12-07). `_narrow_patch_conv` takes it from the
+# transposed patches against δ as it lies, a product the library takes: train steps
+# 1.028× (ResNet-18, 5 turns) and 1.016× (VGG-11, 11 turns) as fast, interleaved.
+_narrow_patch_conv = _with_tangents(_patch_conv, _patch_conv, _transposed_patch_kernel_tangent)
 
 
 # A patch of at most this many numbers (input channels × kernel taps) makes the whole
@@ -377,7 +355,7 @@ def _auto_conv(x, kernel, strides, pads, groups):
             return _conv_matmul_input_grad(x, kernel, strides, pads, groups)
         if groups > 1:
             return _lax_conv(x, kernel, strides, pads, groups)
-        return _canonical_conv(x, kernel, strides, pads)
+        return _canonical_conv(x, kernel, strides, pads, 1)
 
     return lax.platform_dependent(x, kernel, cpu=cpu,
                                   default=lambda x, k: _lax_conv(x, k, strides, pads, groups))
