@@ -263,8 +263,8 @@ def test_every_impl_matches_lax_values_and_gradients(case):
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=f"{impl} d{name}")
 
 
-def _lowered(platform, spatial, kernel_size, stride=1, padding=1, channels=8):
-    x = jax.ShapeDtypeStruct((2, *spatial, channels), jnp.float32)
+def _lowered(platform, spatial, kernel_size, stride=1, padding=1, channels=8, batch=2):
+    x = jax.ShapeDtypeStruct((batch, *spatial, channels), jnp.float32)
     kernel = jax.ShapeDtypeStruct((*kernel_size, channels, 8), jnp.float32)
 
     def loss(x, kernel):
@@ -277,6 +277,9 @@ def _lowered(platform, spatial, kernel_size, stride=1, padding=1, channels=8):
 @pytest.mark.parametrize("spatial, kernel_size, stride, padding, channels, cpu_convs", [
     # forward, input gradient, and the kernel gradient over each half of the batch: all lax
     ((8, 8), (3, 3), 1, 1, 8, 2 + jnn.conv.KERNEL_GRADIENT_SPLITS),
+    # a large output (32 × 32 × 32 positions): the kernel gradient over eighths of the batch
+    ((32, 32), (3, 3), 1, 1, 8, 2 + jnn.conv.KERNEL_GRADIENT_MAX_SPLITS),
+    ((32, 32), (3, 3), 2, 1, 8, 2 + jnn.conv.KERNEL_GRADIENT_SPLITS),  # strided: a quarter of them
     ((8, 8), (3, 3), 1, 1, 4, 2 + jnn.conv.KERNEL_GRADIENT_SPLITS),  # a patch of 36 numbers: still lax
     ((2, 2), (3, 3), 1, 1, 8, 0),    # smaller than the kernel: matrix products only
     ((8, 8), (1, 1), 2, 0, 8, 0),    # 1×1: matrix products only
@@ -287,9 +290,25 @@ def _lowered(platform, spatial, kernel_size, stride=1, padding=1, channels=8):
 ])
 def test_auto_picks_per_backend_and_shape(spatial, kernel_size, stride, padding, channels, cpu_convs):
     count = lambda text: text.count("stablehlo.convolution")
-    assert count(_lowered("cpu", spatial, kernel_size, stride, padding, channels)) == cpu_convs
+    batch = 32 if spatial[0] >= 32 else 2
+    assert count(_lowered("cpu", spatial, kernel_size, stride, padding, channels, batch)) == cpu_convs
     # Elsewhere the native convolution stays: forward, input and kernel gradient.
-    assert count(_lowered("cuda", spatial, kernel_size, stride, padding, channels)) == 3
+    assert count(_lowered("cuda", spatial, kernel_size, stride, padding, channels, batch)) == 3
+
+
+def test_kernel_gradient_over_many_slices_of_the_batch_matches_lax():
+    # 64 × 16 × 16 output positions: the kernel gradient sums four convolutions.
+    assert jnn.conv._kernel_gradient_splits(64 * 16 * 16) == 4
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(64, 16, 16, 6)).astype(np.float32)
+    kernel = rng.normal(size=(3, 3, 6, 5)).astype(np.float32)
+    cot = rng.normal(size=(64, 16, 16, 5)).astype(np.float32)
+    bias = np.zeros(5, np.float32)
+    grad = lambda conv: jax.jit(jax.grad(lambda x, k: jnp.sum(conv(x, k) * cot), argnums=(0, 1)))(x, kernel)
+    ours = grad(lambda x, k: jnn.conv2d(x, k, padding=1, impl="auto"))
+    oracle = grad(lambda x, k: _lax_oracle(x, k, bias, 1, 1, 1))
+    for got, want in zip(ours, oracle):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
 
 
 @pytest.mark.parametrize("x_shape, kernel_shape, padding", [

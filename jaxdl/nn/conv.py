@@ -225,20 +225,22 @@ def _input_tangent(dx, kernel, strides, pads):
 
 def _kernel_tangent(x, dkernel, strides, pads):
     """conv(x, dkernel) on x stored (C, *spatial, B) and dkernel (C, *k, K), computed
-    (*spatial, B, K) per slice of the batch (`KERNEL_GRADIENT_SPLITS`): its transpose in
+    (*spatial, B, K) per slice of the batch (`_kernel_gradient_splits`): its transpose in
     dkernel is a sum of canonical convolutions, each over its slice of the batch."""
     nd = x.ndim - 2
     spatial = _spatial(nd)
+    out = _geometry(x.shape[1:-1], dkernel.shape[:nd], strides, pads)
+    splits = _kernel_gradient_splits(x.shape[0] * math.prod(out))
     xt = jnp.transpose(x, (nd + 1, *range(1, nd + 1), 0))
     dk = jnp.moveaxis(dkernel, -2, 0)
     parts = [lax.conv_general_dilated(part, dk, strides, pads,
                                       dimension_numbers=(f"C{spatial}N", f"I{spatial}O", f"{spatial}NC"))
-             for part in jnp.array_split(xt, KERNEL_GRADIENT_SPLITS, axis=-1) if part.shape[-1]]
+             for part in jnp.array_split(xt, splits, axis=-1) if part.shape[-1]]
     out = parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=nd)
     return jnp.moveaxis(out, nd, 0)
 
 
-# The kernel gradient sums this many convolutions, each over its share of the batch.
+# The kernel gradient sums at least this many convolutions, each over its share of the batch.
 # XLA:CPU runs independent operations side by side, and split in two, YNNPACK's
 # convolution over the batch, whose output (C, *k, K) is small, ran faster on a 2-core
 # CPU: in isolation (interleaved, 7 turns, batch 64 or 128) LeNet-5's second layer's
@@ -250,6 +252,25 @@ def _kernel_tangent(x, dkernel, strides, pads):
 # 0.95–1.00× as fast as one convolution (LeNet-5's second layer 1.18×), and in train
 # steps ResNet-18 1.06× (5 turns), VGG-11 0.97× (5), LeNet-5 0.98× (21): still two.
 KERNEL_GRADIENT_SPLITS = 2
+
+# More slices where the output map is large: doubled while each slice keeps at least
+# `KERNEL_GRADIENT_ROWS` output positions (batch × map), up to `KERNEL_GRADIENT_MAX_SPLITS`.
+# Eigen's convolution over the batch, whose contraction is that long, ran faster on
+# shorter ones: alone (2026-12-07, 7 turns, on a loaded machine), ResNet-18's 3×3 64 → 64
+# on 32×32 (65,536 positions) 1.29× as fast in 8 slices as in 2 (16: 0.87×), VGG-11's
+# 64 → 128 on 16×16 1.12× in 4 (8: 0.99×), 256 → 256 on 8×8 the same in 2, 4 or 8. Train
+# steps, interleaved: ResNet-18 1.033×, 1.056× and 1.071× (three runs of 5, 5 and 9 turns),
+# VGG-11 1.002× and 1.008× (7 each); LeNet-5's and the MNIST-1D CNN's maps keep 2.
+KERNEL_GRADIENT_ROWS = 4096
+KERNEL_GRADIENT_MAX_SPLITS = 8
+
+
+def _kernel_gradient_splits(rows: int) -> int:
+    """How many slices of the batch the kernel gradient sums over, for `rows` output positions."""
+    splits = KERNEL_GRADIENT_SPLITS
+    while splits < KERNEL_GRADIENT_MAX_SPLITS and rows // (2 * splits) >= KERNEL_GRADIENT_ROWS:
+        splits *= 2
+    return splits
 
 
 def _sum_terms(out, terms):
