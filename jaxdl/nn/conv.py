@@ -255,12 +255,13 @@ KERNEL_GRADIENT_SPLITS = 2
 
 # More slices where the output map is large: doubled while each slice keeps at least
 # `KERNEL_GRADIENT_ROWS` output positions (batch × map), up to `KERNEL_GRADIENT_MAX_SPLITS`.
-# Eigen's convolution over the batch, whose contraction is that long, ran faster on
-# shorter ones: alone (2026-12-07, 7 turns, on a loaded machine), ResNet-18's 3×3 64 → 64
-# on 32×32 (65,536 positions) 1.29× as fast in 8 slices as in 2 (16: 0.87×), VGG-11's
-# 64 → 128 on 16×16 1.12× in 4 (8: 0.99×), 256 → 256 on 8×8 the same in 2, 4 or 8. Train
-# steps, interleaved: ResNet-18 1.033×, 1.056× and 1.071× (three runs of 5, 5 and 9 turns),
-# VGG-11 1.002× and 1.008× (7 each); LeNet-5's and the MNIST-1D CNN's maps keep 2.
+# Eigen's convolution over the batch contracts over all of its slice's positions. Alone
+# (2026-12-07, 7 turns) with the other core busy, ResNet-18's 3×3 64 → 64 on 32×32
+# (65,536 positions) ran 1.29× as fast in 8 slices as in 2 (16: 0.87×) and VGG-11's
+# 64 → 128 on 16×16 1.12× in 4; with the machine quiet, both 0.97–1.03×. In train steps,
+# where other work runs beside them, interleaved: ResNet-18 1.033×, 1.056× and 1.071×
+# (runs of 5, 5 and 9 turns, the second with the machine loaded), VGG-11 1.002× and
+# 1.008× (7 each); LeNet-5's and the MNIST-1D CNN's maps keep 2.
 KERNEL_GRADIENT_ROWS = 4096
 KERNEL_GRADIENT_MAX_SPLITS = 8
 
