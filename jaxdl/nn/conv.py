@@ -229,8 +229,8 @@ def _kernel_tangent(x, dkernel, strides, pads):
     dkernel is a sum of canonical convolutions, each over its slice of the batch."""
     nd = x.ndim - 2
     spatial = _spatial(nd)
-    out = _geometry(x.shape[1:-1], dkernel.shape[:nd], strides, pads)
-    splits = _kernel_gradient_splits(x.shape[0] * math.prod(out))
+    positions = x.shape[0] * math.prod(_geometry(x.shape[1:-1], dkernel.shape[:nd], strides, pads))
+    splits = _kernel_gradient_splits(positions)
     xt = jnp.transpose(x, (nd + 1, *range(1, nd + 1), 0))
     dk = jnp.moveaxis(dkernel, -2, 0)
     parts = [lax.conv_general_dilated(part, dk, strides, pads,
