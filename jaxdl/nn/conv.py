@@ -307,10 +307,14 @@ def _library_kernel_tangent(x, dkernel, strides, pads, groups):
     return _lax_conv(x, dkernel, strides, pads, groups) if groups > 1 else _kernel_tangent(x, dkernel, strides, pads)
 
 
+def _canonical_input_tangent(dx, kernel, strides, pads, groups):
+    if groups != 1:  # grouped layers take `_lax_conv` (`_auto_conv`)
+        raise NotImplementedError(f"_canonical_conv takes one group, got {groups}")
+    return _input_tangent(dx, kernel, strides, pads)
+
+
 # `lax` convolution (one group) whose gradients are canonical convolutions (above).
-_canonical_conv = _with_tangents(
-    _lax_conv, lambda dx, kernel, strides, pads, groups: _input_tangent(dx, kernel, strides, pads),
-    _library_kernel_tangent)
+_canonical_conv = _with_tangents(_lax_conv, _canonical_input_tangent, _library_kernel_tangent)
 
 # `lax` convolution whose input gradient is a matrix product and a scatter-add (col2im):
 # the tangent in x goes through `_matmul_conv`, whose transpose multiplies each output's
