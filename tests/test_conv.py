@@ -197,7 +197,9 @@ def test_all_offsets_are_visited():
 # its CPU branches, and every impl must give lax's values and gradients.
 FAST_CASES = [
     # nd, spatial, kernel, C, K, stride, padding, groups
-    (2, (8, 8), (3, 3), 4, 6, 1, 1, 1),      # lax convolution
+    (2, (8, 8), (3, 3), 4, 6, 1, 1, 1),      # lax, input gradient one kernel row high
+    (2, (9, 8), (5, 3), 6, 16, 1, 2, 1),     # the same, a 5×3 kernel, padding 2
+    (2, (7, 6), (3, 3), 17, 5, 1, 1, 1),     # lax convolution (more than 16 channels)
     (2, (9, 9), (5, 5), 1, 6, 1, 0, 1),      # one input channel: one matrix product
     (2, (9, 7), (3, 3), 4, 6, 2, 1, 1),      # lax, strided input gradient
     (2, (7, 7), (3, 3), 4, 6, 2, 1, 2),      # two groups
@@ -329,6 +331,35 @@ def test_cpu_kernel_gradient_of_a_narrow_layer_reads_rows(x_shape, kernel_shape,
         assert not [line for line in products if " dot(" in line and "lhs_contracting_dims={0}" in line]
 
 
+@pytest.mark.parametrize("channels, row_high", [(6, True), (16, True), (17, False)])
+def test_cpu_input_gradient_of_few_channels_is_one_kernel_row_high(channels, row_high):
+    """LeNet-5's second layer (6 → 16 channels, 5×5): on the CPU its input gradient is a
+    convolution 1 × 5 whose output has 5 · C channels, not one 5 × 5 with C channels."""
+    x, kernel = jnp.ones((2, 14, 14, channels)), jnp.ones((5, 5, channels, 16))
+    grad = jax.jit(jax.grad(lambda x: jnp.sum(jnp.tanh(jnn.conv2d(x, kernel, impl="auto")))))
+    convs = [line for line in grad.lower(x).compile().as_text().splitlines() if " convolution(" in line]
+    if jax.default_backend() == "cpu":
+        high = [line for line in convs if "window={size=1x5" in line and f",{5 * channels}]" in line.split("=")[1]]
+        assert len(high) == row_high
+        assert len(convs) == 2  # the forward pass and the input gradient
+
+
+@pytest.mark.parametrize("strides, pads", [((1, 1), ((2, 0), (1, 3))), ((2, 3), ((0, 1), (2, 0)))])
+def test_row_input_gradient_matches_lax_with_uneven_padding_and_strides(strides, pads):
+    # The layers reach `_row_conv` with stride 1 and even padding; the function itself
+    # takes any strides and padding.
+    rng = np.random.default_rng(sum(strides))
+    x = rng.normal(size=(2, 9, 8, 5)).astype(np.float32)
+    kernel = rng.normal(size=(4, 3, 5, 6)).astype(np.float32)
+    lax_conv = lambda x, k: lax.conv_general_dilated(x, k, strides, pads, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                                     precision=lax.Precision.HIGHEST)
+    cot = rng.normal(size=jax.eval_shape(lax_conv, x, kernel).shape).astype(np.float32)
+    grads = lambda conv: jax.grad(lambda x, k: jnp.sum(conv(x, k) * cot), argnums=(0, 1))(x, kernel)
+    ours = grads(lambda x, k: jnn.conv._row_conv(x, k, strides, pads, 1))
+    for got, want in zip(ours, grads(lax_conv)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
 def test_conv_module_groups_and_dtype(key):
     layer = jnn.Conv2D(6, 3, padding=1, groups=2, dtype=jnp.bfloat16)
     x = jnp.ones((1, 5, 5, 4))
@@ -345,7 +376,7 @@ def test_conv_module_groups_and_dtype(key):
     ((2, 2), (3, 3), 1, 4),   # map smaller than the kernel: matrix products
     ((6, 6), (3, 3), 1, 4),   # a narrow patch (27 numbers), few kernels: transposed patches
     ((6, 6), (3, 3), 1, 32),  # a narrow patch, more kernels: the custom-JVP kernel gradient
-    ((8, 8), (5, 5), 1, 4),   # lax (a patch of 75 numbers)
+    ((8, 8), (5, 5), 1, 4),   # lax (a patch of 75 numbers), input gradient one kernel row high
 ])
 def test_auto_forward_mode_and_second_derivatives_match_lax(spatial, kernel_size, padding, features):
     rng = np.random.default_rng(sum(spatial) + padding + features)
@@ -383,14 +414,15 @@ def _loop_convolutions(conv, x, kernel):
     return [line.split("dim_labels=")[1].split(",")[0] for line in text.splitlines() if " convolution(" in line]
 
 
-@pytest.mark.parametrize("nd, stride", [(1, 2), (2, 1), (2, 2)])
-def test_auto_gradients_are_library_convolutions_inside_a_loop(nd, stride):
+@pytest.mark.parametrize("nd, stride, channels", [(1, 2, 16), (2, 1, 16), (2, 1, 24), (2, 2, 16)])
+def test_auto_gradients_are_library_convolutions_inside_a_loop(nd, stride, channels):
     # XLA:CPU's library runs only canonical convolutions, and rewrites others into them
     # only at a program's top level. Plain `lax` leaves the gradients in the loop in
     # other dimension orders (XLA's own loops); `auto` writes them canonical itself.
+    # (2-D, stride 1, 16 channels: the input gradient one kernel row high; 24: lax.)
     spatial = (12,) * nd
-    x = jnp.ones((4, *spatial, 16))  # a patch of more than NARROW_PATCH numbers: lax
-    kernel = jnp.ones((3,) * nd + (16, 8))
+    x = jnp.ones((4, *spatial, channels))  # a patch of more than NARROW_PATCH numbers: lax
+    kernel = jnp.ones((3,) * nd + (channels, 8))
     canonical = "b0f_0io->b0f" if nd == 1 else "b01f_01io->b01f"
     conv = jnn.conv1d if nd == 1 else jnn.conv2d
     auto = _loop_convolutions(functools.partial(conv, stride=stride, padding=1, impl="auto"), x, kernel)
