@@ -633,7 +633,7 @@ def render(results: dict) -> str:
         f"`{COMMAND}` writes this file and `results.json` (without `--time_to_accuracy` it keeps the "
         "last time-to-accuracy table).",
         "",
-        f"Measured on {m['cpu']} ({m['cores']} cores), {THREADS} threads for both frameworks; JAX "
+        f"Measured on {m['cpu']}; {m['cores']} cores, {THREADS} threads for both frameworks; JAX "
         f"{m['jax']}, Flax {m['flax']}, PyTorch {m['torch']}. The machine is shared with other work: "
         "each model's contenders took turns, interleaved, in a new random order every round, each turn "
         f"timed after {WARMUP_S * 1e3:.0f} ms of untimed steps, and the numbers are medians over the turns "
@@ -785,11 +785,18 @@ def main(argv):
 
 
 def _cpu_name() -> str:
+    """The CPU's model name, family, model and widest vector extension: hosts sold under
+    one name differ, and the convolution libraries pick their kernels by the extension."""
     try:
         with open("/proc/cpuinfo") as f:
-            return re.search(r"model name\s*:\s*(.*)", f.read()).group(1).strip()
+            info = f.read()
+        name = re.search(r"model name\s*:\s*(.*)", info).group(1).strip()
     except (OSError, AttributeError):
         return platform.machine()
+    field = lambda key: (re.search(rf"^{key}\s*:\s*(.*)$", info, re.M) or [None, "?"])[1].strip()
+    flags = set(field("flags").split())
+    vector = next((v.upper() for v in ("avx512f", "avx2", "avx") if v in flags), "no AVX")
+    return f"{name}, family {field('cpu family')}, model {field('model')}, {vector}"
 
 
 if __name__ == "__main__":
