@@ -340,9 +340,10 @@ _canonical_conv = _with_tangents(_lax_conv, _canonical_input_tangent, _library_k
 # channels, and XLA:CPU's Eigen convolution runs slowly with few of them: LeNet-5's
 # second layer (6 → 16 channels, 5×5, batch 128) took 2.8–4.4 ms for it, PyTorch 0.9 ms.
 # As a convolution 1 × 5 with 5 · 6 = 30 output channels and a sum of five row-shifted
-# copies, it took 1.0 ms (alone, interleaved, 7 turns, 2026-12-07; 3.1× as fast); RGB
-# 3 → 64 on 32×32 2.3× as fast, 8 → 64 1.6×, 16 → 64 1.16×, 32 → 64 1.05×, 64 → 64
-# 1.01×, strided (16 → 32, stride 2) 0.73×. So layers with at most
+# copies, it took 1.0 ms (alone, interleaved, 7 turns, 2026-12-07; 3.1× as fast), and
+# LeNet-5's train step ran 1.14–1.18× faster. Other 3×3 input gradients alone, batch 64
+# on 32×32 maps: from 3 channels (to 64) 2.3× as fast, 8 1.6×, 16 1.16×, 32 1.05×, 64
+# (on 16×16) 1.01×, 16 with stride 2 0.73×. So layers with at most
 # `ROW_INPUT_GRADIENT_CHANNELS` input channels and stride 1 take it.
 _row_conv = _with_tangents(_lax_conv, _row_input_tangent, _library_kernel_tangent)
 ROW_INPUT_GRADIENT_CHANNELS = 16
