@@ -338,7 +338,7 @@ _canonical_conv = _with_tangents(_lax_conv, _canonical_input_tangent, _library_k
 # The same, with its input gradient one row of the kernel high (`_row_input_tangent`).
 # The input gradient is a convolution whose output channels are the layer's input
 # channels, and XLA:CPU's Eigen convolution runs slowly with few of them: LeNet-5's
-# second layer (6 → 16 channels, 5×5, batch 128) took 2.8–4.4 ms for it, PyTorch 0.9 ms.
+# second layer (6 → 16 channels, 5×5, batch 128) took 2.7–4.5 ms for it, PyTorch 0.9 ms.
 # As a convolution 1 × 5 with 5 · 6 = 30 output channels and a sum of five row-shifted
 # copies, it took 1.0 ms (alone, interleaved, 7 turns, 2026-12-07; 3.1× as fast), and
 # LeNet-5's train step ran 1.14–1.18× faster. Other 3×3 input gradients alone, batch 64
