@@ -186,11 +186,16 @@ def _accuracy(tmp_path, precision: str) -> float:
     return train.train_and_evaluate(config, str(tmp_path / precision), print_fn=lambda s: None)["test_accuracy"]
 
 
-def test_bfloat16_trains_the_mnist1d_cnn_within_a_point_of_float32(tmp_path):
-    """5 seeds × 1,500 steps of the MNIST-1D CNN: float32 parameters, bfloat16 compute."""
+def test_bfloat16_trains_the_mnist1d_cnn_within_two_points_of_float32(tmp_path):
+    """5 seeds × 1,500 steps of the MNIST-1D CNN: float32 parameters, bfloat16 compute.
+
+    The seeds' test accuracies spread by 0.8–1.1 points (standard deviation), so the
+    difference of two 5-seed means has a standard error of about 0.6 points: it is held
+    to 2 (measured: 0.3 points on one 2-core host, 1.2 on another, 2026-12-06 and 07).
+    """
     f32, bf16 = _accuracy(tmp_path, "float32"), _accuracy(tmp_path, "bfloat16")
     assert f32 > 0.85
-    assert abs(bf16 - f32) <= 0.01, (f32, bf16)
+    assert abs(bf16 - f32) <= 0.02, (f32, bf16)
 
 
 def test_float16_loss_scaling_skips_non_finite_steps_and_halves_the_scale():
