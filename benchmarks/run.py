@@ -793,7 +793,10 @@ def _cpu_name() -> str:
         name = re.search(r"model name\s*:\s*(.*)", info).group(1).strip()
     except (OSError, AttributeError):
         return platform.machine()
-    field = lambda key: (re.search(rf"^{key}\s*:\s*(.*)$", info, re.M) or [None, "?"])[1].strip()
+    def field(key: str) -> str:
+        match = re.search(rf"^{key}\s*:\s*(.*)$", info, re.M)
+        return match.group(1).strip() if match else "?"
+
     flags = set(field("flags").split())
     vector = next((v.upper() for v in ("avx512f", "avx2", "avx") if v in flags), "no AVX")
     return f"{name}, family {field('cpu family')}, model {field('model')}, {vector}"

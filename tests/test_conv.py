@@ -298,6 +298,11 @@ def test_auto_picks_per_backend_and_shape(spatial, kernel_size, stride, padding,
     assert count(_lowered("cuda", spatial, kernel_size, stride, padding, channels, batch)) == 3
 
 
+def _gradients(conv, x, kernel, cot):
+    """(d/dx, d/dkernel) of Σ conv(x, kernel) · cot."""
+    return jax.jit(jax.grad(lambda x, k: jnp.sum(conv(x, k) * cot), argnums=(0, 1)))(x, kernel)
+
+
 def test_kernel_gradient_over_many_slices_of_the_batch_matches_lax():
     # 64 × 16 × 16 output positions: the kernel gradient sums four convolutions.
     assert jnn.conv._kernel_gradient_splits(64 * 16 * 16) == 4
@@ -306,9 +311,8 @@ def test_kernel_gradient_over_many_slices_of_the_batch_matches_lax():
     kernel = rng.normal(size=(3, 3, 6, 5)).astype(np.float32)
     cot = rng.normal(size=(64, 16, 16, 5)).astype(np.float32)
     bias = np.zeros(5, np.float32)
-    grad = lambda conv: jax.jit(jax.grad(lambda x, k: jnp.sum(conv(x, k) * cot), argnums=(0, 1)))(x, kernel)
-    ours = grad(lambda x, k: jnn.conv2d(x, k, padding=1, impl="auto"))
-    oracle = grad(lambda x, k: _lax_oracle(x, k, bias, 1, 1, 1))
+    ours = _gradients(lambda x, k: jnn.conv2d(x, k, padding=1, impl="auto"), x, kernel, cot)
+    oracle = _gradients(lambda x, k: _lax_oracle(x, k, bias, 1, 1, 1), x, kernel, cot)
     for got, want in zip(ours, oracle):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
 
@@ -355,9 +359,8 @@ def test_row_input_gradient_matches_lax_with_uneven_padding_and_strides(strides,
     lax_conv = lambda x, k: lax.conv_general_dilated(x, k, strides, pads, dimension_numbers=("NHWC", "HWIO", "NHWC"),
                                                      precision=lax.Precision.HIGHEST)
     cot = rng.normal(size=jax.eval_shape(lax_conv, x, kernel).shape).astype(np.float32)
-    grads = lambda conv: jax.grad(lambda x, k: jnp.sum(conv(x, k) * cot), argnums=(0, 1))(x, kernel)
-    ours = grads(lambda x, k: jnn.conv._row_conv(x, k, strides, pads, 1))
-    for got, want in zip(ours, grads(lax_conv)):
+    ours = _gradients(lambda x, k: jnn.conv._row_conv(x, k, strides, pads, 1), x, kernel, cot)
+    for got, want in zip(ours, _gradients(lax_conv, x, kernel, cot)):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 

@@ -307,9 +307,13 @@ def _library_kernel_tangent(x, dkernel, strides, pads, groups):
     return _lax_conv(x, dkernel, strides, pads, groups) if groups > 1 else _kernel_tangent(x, dkernel, strides, pads)
 
 
-def _canonical_input_tangent(dx, kernel, strides, pads, groups):
+def _one_group(groups: int, name: str) -> None:
     if groups != 1:  # grouped layers take `_lax_conv` (`_auto_conv`)
-        raise NotImplementedError(f"_canonical_conv takes one group, got {groups}")
+        raise NotImplementedError(f"{name} takes one group, got {groups}")
+
+
+def _canonical_input_tangent(dx, kernel, strides, pads, groups):
+    _one_group(groups, "_canonical_conv")
     return _input_tangent(dx, kernel, strides, pads)
 
 
@@ -320,12 +324,11 @@ def _row_input_tangent(dx, kernel, strides, pads, groups):
     gradient, is one canonical convolution with k₀ · C output channels (`_input_tangent`)
     and a sum of k₀ row-shifted copies of its output, which XLA fuses into the next
     operation."""
-    if groups != 1:  # grouped layers take `_lax_conv` (`_auto_conv`)
-        raise NotImplementedError(f"_row_conv takes one group, got {groups}")
+    _one_group(groups, "_row_conv")
     nd = dx.ndim - 2
     k0, channels = kernel.shape[0], kernel.shape[-2]
+    (out,) = _geometry(dx.shape[1:2], (k0,), strides[:1], pads[:1])
     rows = jnp.pad(dx, [(0, 0), pads[0]] + [(0, 0)] * nd)
-    out = (rows.shape[1] - k0) // strides[0] + 1
     views = [lax.slice_in_dim(rows, i, i + (out - 1) * strides[0] + 1, strides[0], axis=1) for i in range(k0)]
     stacked = jnp.stack(views, axis=-2).reshape(*views[0].shape[:-1], k0 * channels)
     taps = jnp.moveaxis(kernel, 0, nd - 1).reshape(1, *kernel.shape[1:nd], k0 * channels, kernel.shape[-1])
