@@ -54,6 +54,7 @@ import json  # noqa: E402
 import math  # noqa: E402
 import platform  # noqa: E402
 import re  # noqa: E402
+import resource  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
 
@@ -415,8 +416,13 @@ def _vm(field: str) -> float:
         return int(re.search(rf"{field}:\s+(\d+) kB", f.read()).group(1)) / 1024
 
 
+PROBE_STEPS = 3
+
+
 def probe(spec: str) -> None:
-    """Peak resident memory of one contender's steps, in this process alone."""
+    """Peak resident memory of one contender's steps, in this process alone, and what
+    those steps cost the kernel: page faults (first touches of memory the C library
+    mapped afresh) and system CPU seconds, per step."""
     name, label = spec.split(":", 1)
     make = {"jaxdl": lambda: jaxdl_step(name), "plain Flax": lambda: flax_step(name),
             "PyTorch": lambda: torch_step(name), "torch.compile": lambda: torch_step(name, True)}
@@ -425,9 +431,14 @@ def probe(spec: str) -> None:
     with open("/proc/self/clear_refs", "w") as f:  # resets the peak (VmHWM) to the current RSS
         f.write("5")
     resting = _vm("VmRSS")
-    for _ in range(3):
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    for _ in range(PROBE_STEPS):
         c.run()
-    print(json.dumps({"peak_rss_mb": _vm("VmHWM"), "resting_rss_mb": resting}))
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    print(json.dumps({"peak_rss_mb": _vm("VmHWM"), "resting_rss_mb": resting,
+                      "page_faults_per_step": (after.ru_minflt - before.ru_minflt) / PROBE_STEPS,
+                      "system_s_per_step": (after.ru_stime - before.ru_stime) / PROBE_STEPS,
+                      "user_s_per_step": (after.ru_utime - before.ru_utime) / PROBE_STEPS}))
 
 
 def probe_memory(name: str, label: str) -> dict | None:
@@ -588,10 +599,15 @@ def _cost_row(name: str, r: dict) -> str:
     def mem(k):
         m = c.get(k, {}).get("memory")
         return f"{m['peak_rss_mb']:.0f} ({m['resting_rss_mb']:.0f})" if m else "–"
+    def faults(k):
+        m = c.get(k, {}).get("memory") or {}
+        if "page_faults_per_step" not in m:
+            return "–"
+        return f"{m['page_faults_per_step']:,.0f} ({m['system_s_per_step']:.2g} of {m['user_s_per_step']:.2g})"
     mm = r["matmul_flops"]
     return (f"| {TITLES[name]} | {r['model_flops_per_step'] / 1e9:.3g} | {r['peak_flops'] / 1e9:.0f} "
             f"({mm['matmul, JAX'] / 1e9:.0f} / {mm['matmul, PyTorch'] / 1e9:.0f}) | {share} | {comp} | "
-            f"{' / '.join(mem(k) for k in labels)} |")
+            f"{' / '.join(mem(k) for k in labels)} | {' / '.join(faults(k) for k in labels)} |")
 
 
 def _profile_rows(name: str, r: dict) -> list[str]:
@@ -668,12 +684,17 @@ def render(results: dict) -> str:
         "matrix product in JAX and in PyTorch, timed in the same turns as the model. Compilation: "
         "`lower().compile()` for JAX, the first step for torch.compile (tracing and compiling forward "
         "and backward). Peak memory: the largest resident set of a process running only that "
-        "contender's steps (in brackets its resident set after the first step).",
+        "contender's steps (in brackets its resident set after the first step). Page faults: per "
+        f"step, over {PROBE_STEPS} steps in that process, each the first touch of a 4 KB page the C "
+        "library had just mapped (glibc maps a large block anew at each allocation, above a "
+        "threshold that rises to at most 32 MB, and unmaps it when it is freed), and in brackets "
+        "the step's system CPU seconds of its user CPU seconds (both threads).",
         "",
         "| model | GFLOP/step | peak GFLOP/s (JAX / PyTorch matmul) | share of peak: jaxdl / Flax / "
         "PyTorch / torch.compile | compile s: jaxdl / Flax / torch.compile | peak MB: jaxdl / Flax / "
+        "PyTorch / torch.compile | page faults per step (system of user CPU s): jaxdl / Flax / "
         "PyTorch / torch.compile |",
-        "|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|",
         *(_cost_row(name, r) for name, r in models.items()),
     ]
     tiny = [n for n in models if SPECS[n][3]]
