@@ -416,7 +416,7 @@ def _vm(field: str) -> float:
         return int(re.search(rf"{field}:\s+(\d+) kB", f.read()).group(1)) / 1024
 
 
-PROBE_STEPS = 3
+PROBE_STEPS, PROBE_S = 3, 1.0  # the memory probe's steps: at least 3, and a second of them
 
 
 def probe(spec: str) -> None:
@@ -431,14 +431,15 @@ def probe(spec: str) -> None:
     with open("/proc/self/clear_refs", "w") as f:  # resets the peak (VmHWM) to the current RSS
         f.write("5")
     resting = _vm("VmRSS")
+    steps = max(PROBE_STEPS, _calibrate(c, PROBE_S))  # CPU times count in clock ticks
     before = resource.getrusage(resource.RUSAGE_SELF)
-    for _ in range(PROBE_STEPS):
+    for _ in range(steps):
         c.run()
     after = resource.getrusage(resource.RUSAGE_SELF)
-    print(json.dumps({"peak_rss_mb": _vm("VmHWM"), "resting_rss_mb": resting,
-                      "page_faults_per_step": (after.ru_minflt - before.ru_minflt) / PROBE_STEPS,
-                      "system_s_per_step": (after.ru_stime - before.ru_stime) / PROBE_STEPS,
-                      "user_s_per_step": (after.ru_utime - before.ru_utime) / PROBE_STEPS}))
+    print(json.dumps({"peak_rss_mb": _vm("VmHWM"), "resting_rss_mb": resting, "steps": steps,
+                      "page_faults_per_step": (after.ru_minflt - before.ru_minflt) / steps,
+                      "system_s_per_step": (after.ru_stime - before.ru_stime) / steps,
+                      "user_s_per_step": (after.ru_utime - before.ru_utime) / steps}))
 
 
 def probe_memory(name: str, label: str) -> dict | None:
@@ -599,11 +600,15 @@ def _cost_row(name: str, r: dict) -> str:
     def mem(k):
         m = c.get(k, {}).get("memory")
         return f"{m['peak_rss_mb']:.0f} ({m['resting_rss_mb']:.0f})" if m else "–"
+    def num(v):
+        return f"{v:,.0f}" if v >= 10 else f"{v:.2g}"
+
     def faults(k):
         m = c.get(k, {}).get("memory") or {}
         if "page_faults_per_step" not in m:
             return "–"
-        return f"{m['page_faults_per_step']:,.0f} ({m['system_s_per_step']:.2g} of {m['user_s_per_step']:.2g})"
+        return (f"{num(m['page_faults_per_step'])} ({num(m['system_s_per_step'] * 1e3)} of "
+                f"{num(m['user_s_per_step'] * 1e3)})")
     mm = r["matmul_flops"]
     return (f"| {TITLES[name]} | {r['model_flops_per_step'] / 1e9:.3g} | {r['peak_flops'] / 1e9:.0f} "
             f"({mm['matmul, JAX'] / 1e9:.0f} / {mm['matmul, PyTorch'] / 1e9:.0f}) | {share} | {comp} | "
@@ -685,14 +690,15 @@ def render(results: dict) -> str:
         "`lower().compile()` for JAX, the first step for torch.compile (tracing and compiling forward "
         "and backward). Peak memory: the largest resident set of a process running only that "
         "contender's steps (in brackets its resident set after the first step). Page faults: per "
-        f"step, over {PROBE_STEPS} steps in that process, each the first touch of a 4 KB page the C "
-        "library had just mapped (glibc maps a large block anew at each allocation, above a "
-        "threshold that rises to at most 32 MB, and unmaps it when it is freed), and in brackets "
-        "the step's system CPU seconds of its user CPU seconds (both threads).",
+        f"step, over at least {PROBE_STEPS} steps and {PROBE_S:g} s of them in that process, each "
+        "the first touch of a 4 KB page the C library had just mapped (glibc maps a large block "
+        "anew at each allocation, above a threshold that rises to at most 32 MB, and unmaps it "
+        "when it is freed), and in brackets the step's system CPU milliseconds of its user CPU "
+        "milliseconds (both threads).",
         "",
         "| model | GFLOP/step | peak GFLOP/s (JAX / PyTorch matmul) | share of peak: jaxdl / Flax / "
         "PyTorch / torch.compile | compile s: jaxdl / Flax / torch.compile | peak MB: jaxdl / Flax / "
-        "PyTorch / torch.compile | page faults per step (system of user CPU s): jaxdl / Flax / "
+        "PyTorch / torch.compile | page faults per step (system of user CPU ms): jaxdl / Flax / "
         "PyTorch / torch.compile |",
         "|---|---|---|---|---|---|---|",
         *(_cost_row(name, r) for name, r in models.items()),
