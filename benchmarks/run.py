@@ -420,9 +420,9 @@ PROBE_STEPS, PROBE_S = 3, 1.0  # the memory probe's steps: at least 3, and a sec
 
 
 def probe(spec: str) -> None:
-    """Peak resident memory of one contender's steps, in this process alone, and what
-    those steps cost the kernel: page faults (first touches of memory the C library
-    mapped afresh) and system CPU seconds, per step."""
+    """Peak resident memory of one contender's steps, in this process alone, and per step
+    its page faults (first touches of memory the C library mapped afresh) and its system
+    and user CPU seconds."""
     name, label = spec.split(":", 1)
     make = {"jaxdl": lambda: jaxdl_step(name), "plain Flax": lambda: flax_step(name),
             "PyTorch": lambda: torch_step(name), "torch.compile": lambda: torch_step(name, True)}
@@ -600,6 +600,7 @@ def _cost_row(name: str, r: dict) -> str:
     def mem(k):
         m = c.get(k, {}).get("memory")
         return f"{m['peak_rss_mb']:.0f} ({m['resting_rss_mb']:.0f})" if m else "–"
+
     def num(v):
         return f"{v:,.0f}" if v >= 10 else f"{v:.2g}"
 
@@ -690,10 +691,10 @@ def render(results: dict) -> str:
         "`lower().compile()` for JAX, the first step for torch.compile (tracing and compiling forward "
         "and backward). Peak memory: the largest resident set of a process running only that "
         "contender's steps (in brackets its resident set after the first step). Page faults: per "
-        f"step, over at least {PROBE_STEPS} steps and {PROBE_S:g} s of them in that process, each "
-        "the first touch of a 4 KB page the C library had just mapped (glibc maps a large block "
-        "anew at each allocation, above a threshold that rises to at most 32 MB, and unmaps it "
-        "when it is freed), and in brackets the step's system CPU milliseconds of its user CPU "
+        f"step, over at least {PROBE_STEPS} steps and {PROBE_S:g} s of them in that process: once "
+        "the steps run, mostly first touches of 4 KB pages the C library had just mapped (glibc "
+        "maps a large block anew at each allocation, above a threshold that rises to at most "
+        "32 MB, and unmaps it when it is freed); in brackets the step's system CPU milliseconds of its user CPU "
         "milliseconds (both threads).",
         "",
         "| model | GFLOP/step | peak GFLOP/s (JAX / PyTorch matmul) | share of peak: jaxdl / Flax / "
