@@ -818,13 +818,16 @@ def _cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
             info = f.read()
-        name = re.search(r"model name\s*:\s*(.*)", info).group(1).strip()
-    except (OSError, AttributeError):
+    except OSError:
         return platform.machine()
+
     def field(key: str) -> str:
         match = re.search(rf"^{key}\s*:\s*(.*)$", info, re.M)
         return match.group(1).strip() if match else "?"
 
+    name = field("model name")
+    if name == "?":
+        return platform.machine()
     flags = set(field("flags").split())
     vector = next((v.upper() for v in ("avx512f", "avx2", "avx") if v in flags), "no AVX")
     return f"{name}, family {field('cpu family')}, model {field('model')}, {vector}"
