@@ -9,8 +9,7 @@ handed). XLA:CPU rewrites a convolution's gradients into the form its library ru
 only at a program's top level, so inside a loop plain `lax` convolutions fall back to
 XLA's own loops; jaxdl's convolutions (`impl="auto"`) write that form themselves
 (`jaxdl.nn.conv`). Prints samples/s (medians) and each one's ratio to plain Flax's
-single step (median of the per-turn ratios). The 1D CNN is timed with
-`conv_impl="auto"`, not the MNIST-1D config's "patches".
+single step (median of the per-turn ratios).
 """
 from __future__ import annotations
 
@@ -64,13 +63,8 @@ def main(argv):
     del argv
     for name in FLAGS.models:
         spec = bench.SPECS[name]
-        if name == "cnn1d":
-            bench.SPECS[name] = (spec[0], spec[1], {**spec[2], "conv_impl": "auto"}, spec[3])
-        try:
-            contenders = [bench.flax_step(name), flax_steps(name, FLAGS.steps), bench.jaxdl_step(name),
-                          bench.jaxdl_steps(name, FLAGS.steps, False, f"jaxdl, {FLAGS.steps} per call")]
-        finally:
-            bench.SPECS[name] = spec
+        contenders = [bench.flax_step(name), flax_steps(name, FLAGS.steps), bench.jaxdl_step(name),
+                      bench.jaxdl_steps(name, FLAGS.steps, False, f"jaxdl, {FLAGS.steps} per call")]
         rates = np.array(bench.interleave(contenders, FLAGS.rounds, FLAGS.min_chunk_s))
         print(f"{bench.TITLES[name]}, batch {spec[0]}, {FLAGS.rounds} turns:")
         for c, r in zip(contenders, rates):

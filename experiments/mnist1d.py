@@ -17,14 +17,15 @@ from jaxdl import parallel
 MODELS = {
     "logreg": {"name": "LogReg"},
     "mlp": {"name": "MLP", "features": (100, 100), "activation": "relu"},
-    "cnn": {"name": "CNN1D", "init_scheme": "torch", "conv_impl": "patches"},
+    "cnn": {"name": "CNN1D", "init_scheme": "torch", "conv_impl": "auto"},
 }
 # Steps per compiled call: dispatch dominates these tiny models, so long rolled chunks
 # (250 divides log_every and eval_every). Measured on a 2-core CPU, interleaved
 # (benchmarks/notes.md): 250 rolled steps per call ran the MLP 1.25× and the CNN 1.36×
 # faster than the earlier 50 rolled and 10 unrolled. A single seed ends bit for bit where
 # those did; the vmapped K-seed program compiles, and so rounds, differently.
-# The CNN's "patches" convolutions are matrix products, which stay fast in a rolled loop.
+# The CNN's convolutions ("auto", `jaxdl.nn.conv`): one seed alone takes the CPU's plan
+# per layer, several vmapped seeds matrix products ("patches"; `jaxdl.nn.conv.replicas`).
 STEPS_PER_CALL = {"logreg": 250, "mlp": 250, "cnn": 250}
 # The paper trains every model without weight decay. The CNN alone gets an L2 term of
 # 1e-4: over 5 seeds an earlier version reached 92.5 ± 0.9 % without it (the paper: 94 %)

@@ -35,6 +35,7 @@ from jaxdl import data as data_lib
 from jaxdl import optim as optim_lib
 from jaxdl.data import augment as augment_lib
 from jaxdl.errors import UserError, unknown_name
+from jaxdl.nn import conv as conv_lib
 
 # The key streams of `jaxdl.loop` (fold_in of the replica key).
 _INIT, _DATA, _DROPOUT, _AUGMENT = loop.INIT, loop.DATA, loop.DROPOUT, loop.AUGMENT
@@ -281,6 +282,23 @@ def state_shardings(config: ml_collections.ConfigDict, init: Callable[[], Any]) 
     return None if lay is None else lay.state(jax.eval_shape(init))
 
 
+def over_seeds(fn: Callable, num_seeds: int, in_axes: Any = 0) -> Callable:
+    """`jax.vmap(fn, in_axes)` over the seed axis of size `num_seeds`.
+
+    With several seeds, the function is traced inside `jaxdl.nn.conv.replicas`, so that
+    each replica's convolutions are matrix products rather than one grouped convolution.
+    """
+    vmapped = jax.vmap(fn, in_axes=in_axes)
+    if num_seeds == 1:
+        return vmapped
+
+    @functools.wraps(fn)
+    def traced(*args):
+        with conv_lib.replicas():
+            return vmapped(*args)
+    return traced
+
+
 def compile_steps(fn: Callable, layout: parallel.Layout | None, shardings: Any, data_shardings: Any) -> Callable:
     """`jaxdl.compiler.jit` of `fn(state, *data) -> (state, metrics)`, donating the state.
 
@@ -367,7 +385,7 @@ def _setup(config: ml_collections.ConfigDict):
     precision = config.get("precision") or "float32"
 
     def init():
-        return jax.vmap(lambda k: create_state(k, model, tx, sample, precision))(keys)
+        return over_seeds(lambda k: create_state(k, model, tx, sample, precision), config.num_seeds)(keys)
 
     try:
         jax.eval_shape(init)
@@ -381,7 +399,7 @@ def _setup(config: ml_collections.ConfigDict):
 
 def _scorer(config: ml_collections.ConfigDict, test_ds: data_lib.ArrayDataset):
     """`state -> {test_loss, test_accuracy}` (summarised over replicas) on the test split."""
-    eval_fn = compiler.jit(jax.vmap(eval_step, in_axes=(0, None, None, None)))
+    eval_fn = compiler.jit(over_seeds(eval_step, config.num_seeds, in_axes=(0, None, None, None)))
     batches = eval_batches(test_ds, config.get("eval_batch_size", 1000), parallel.layout(config))
 
     def score(state, step=None):
@@ -475,7 +493,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                    unroll=config.get("unroll", True),
                                    crop_padding=aug.get("crop_padding", 0), flip=aug.get("flip", False),
                                    constrain=lay.constrain_batch if lay else None)
-            return compile_steps(jax.vmap(fn, in_axes=(0, None, None)), lay, shardings,
+            return compile_steps(over_seeds(fn, config.num_seeds, in_axes=(0, None, None)), lay, shardings,
                                  (lay.replicated, lay.replicated) if lay else None)
 
         data = (train_ds.x, train_ds.y)

@@ -216,7 +216,8 @@ def _setup(config: ml_collections.ConfigDict):
     precision = config.get("precision") or "float32"
 
     def init():
-        return jax.vmap(lambda k: train.create_state(k, model, tx, sample, precision))(keys)
+        return train.over_seeds(lambda k: train.create_state(k, model, tx, sample, precision),
+                                config.num_seeds)(keys)
 
     try:
         jax.eval_shape(init)
@@ -231,8 +232,8 @@ def _setup(config: ml_collections.ConfigDict):
 def _scorer(config: ml_collections.ConfigDict, s: dict):
     """`state -> {test_loss, test_accuracy}` (summarised over replicas), the test split streamed."""
     normalise = s["normalise"]
-    eval_fn = compiler.jit(jax.vmap(lambda st, x, y, m: train.eval_step(st, normalise(x), y, m),
-                                    in_axes=(0, None, None, None)))
+    eval_fn = compiler.jit(train.over_seeds(lambda st, x, y, m: train.eval_step(st, normalise(x), y, m),
+                                            config.num_seeds, in_axes=(0, None, None, None)))
     _, eval_pre = preprocessors(config)
 
     lay = parallel.layout(config)
@@ -264,7 +265,8 @@ def build(config: ml_collections.ConfigDict) -> loop.Run:
         del num  # the batches' step axis says how many
         fn = lambda state, x, y: host_steps(state, x, y, unroll=config.get("unroll", True),
                                             normalise=s["normalise"], constrain=lay.constrain_batch if lay else None)
-        return train.compile_steps(jax.vmap(fn), lay, shardings, (lay.batch(2), lay.batch(2)) if lay else None)
+        return train.compile_steps(train.over_seeds(fn, config.num_seeds), lay, shardings,
+                                   (lay.batch(2), lay.batch(2)) if lay else None)
 
     return loop.Run(
         init=s["init"], num_steps=s["num_steps"], make_steps=make_steps, data=data,

@@ -455,3 +455,27 @@ def test_auto_vmapped_gradients_match_lax(spatial, kernel_size, stride, padding)
     oracle = grads(lambda x, k: _lax_oracle(x, k, bias, stride, padding, 1))
     for got, want in zip(ours, oracle):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("nd", [1, 2])
+def test_replicas_take_matrix_products_for_1d_and_keep_the_plan_for_2d(nd):
+    # Seeds vmapped with a kernel each: `lax` convolutions would become grouped ones.
+    # Inside `replicas`, "auto" computes 1-D layers as patches (no convolution left in the
+    # compiled program) and keeps 2-D layers' convolutions; values and gradients are lax's.
+    rng = np.random.default_rng(nd)
+    x = rng.normal(size=(3, 2, *(10,) * nd, 16)).astype(np.float32)  # a patch wider than NARROW_PATCH
+    kernel = rng.normal(size=(3, *(3,) * nd, 16, 5)).astype(np.float32)
+    conv = jnn.conv1d if nd == 1 else jnn.conv2d
+
+    def value_and_grads(f):
+        loss = lambda x, k: jnp.sum(jnp.tanh(f(x, k)) ** 2)
+        return jax.jit(jax.vmap(jax.value_and_grad(loss, argnums=(0, 1))), compiler_options=FAST_COMPILE)
+
+    with jnn.conv.replicas():
+        ours = value_and_grads(lambda x, k: conv(x, k, stride=2, padding=1, impl="auto"))
+        text = ours.lower(x, kernel).compile().as_text()
+        got = ours(x, kernel)
+    assert (" convolution(" in text) == (nd == 2)
+    oracle = value_and_grads(lambda x, k: _lax_oracle(x, k, np.zeros(5, np.float32), 2, 1, 1))(x, kernel)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(oracle)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)

@@ -15,6 +15,7 @@ import tensorflow_datasets as tfds
 from experiments import mnist1d, mnist1d_table
 from jaxdl import data, loop, train
 from jaxdl.errors import UserError
+from jaxdl.nn import conv as conv_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -176,17 +177,31 @@ def test_one_train_step_on_mock_mnist(tmp_path):
     assert [r["step"] for r in log] == [1, 2]
 
 
-def test_k_seed_vmapped_run_equals_k_separate_runs(tmp_path):
-    config = tiny_config(steps=20)
+@pytest.mark.parametrize("model, dataset", [("mlp", "digits"), ("cnn", "mnist1d")])
+def test_k_seed_vmapped_run_equals_k_separate_runs(tmp_path, model, dataset):
+    # The CNN's convolutions are matrix products over seeds (`jaxdl.nn.conv.replicas`)
+    # and the CPU's per-layer plan alone: the same numbers either way.
+    config = tiny_config(model, steps=20, dataset=dataset)
     config.num_seeds = 3
     together = train.train_and_evaluate(config, str(tmp_path / "k3"), print_fn=lambda s: None)
     for k in range(3):
-        single = tiny_config(steps=20)
+        single = tiny_config(model, steps=20, dataset=dataset)
         single.seed = k
         alone = train.train_and_evaluate(single, str(tmp_path / f"s{k}"), print_fn=lambda s: None)
         np.testing.assert_allclose(together["test_accuracy_per_seed"][k], alone["test_accuracy"], atol=1e-5)
         np.testing.assert_allclose(together["test_loss_per_seed"][k], alone["test_loss"], rtol=1e-5)
     assert together["test_accuracy_std"] >= 0 and "test_accuracy" in together
+
+
+def test_only_several_seeds_trace_convolutions_as_replicas():
+    seen = []
+
+    def fn(x):
+        seen.append(conv_lib._REPLICAS.get())
+        return x
+    train.over_seeds(fn, 1)(jnp.zeros((1, 2)))
+    train.over_seeds(fn, 3)(jnp.zeros((3, 2)))
+    assert seen == [False, True] and not conv_lib._REPLICAS.get()
 
 
 def test_training_learns_digits_and_writes_its_workdir(tmp_path):

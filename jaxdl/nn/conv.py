@@ -12,6 +12,8 @@ convolution (Figure 4-14); K kernels give K feature maps.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import itertools
 import math
@@ -409,9 +411,38 @@ def _cpu_plan(size, ksize, strides, pads, channels) -> tuple[str, str]:
     return "lax", "lax"
 
 
+# Set while a program over several replicas (seeds) is traced; see `replicas`.
+_REPLICAS = contextvars.ContextVar("jaxdl_conv_replicas", default=False)
+
+
+@contextlib.contextmanager
+def replicas():
+    """Inside, `impl="auto"` traces 1-D convolutions for a model `jax.vmap`-ed over replicas.
+
+    Each replica (a seed of `jaxdl.train`) has its own kernels, so `jax.vmap` turns a
+    `lax` convolution into a grouped one, one group per replica. On the CPU, "auto"
+    takes the im2col form ("patches", batched matrix products under `jax.vmap`) for
+    1-D convolutions inside this context: the MNIST-1D CNN over 5 vmapped seeds (250
+    steps per call) trained at 205–214 steps/s so, against 126–143 with its one-replica
+    plan (2026-12-07, launcher). 2-D convolutions keep their plan: with patches,
+    LeNet-5 on digits over 3 seeds trained at 12.6 steps/s against 31.9. The context is
+    read when a function is traced, so enter it inside the traced function
+    (`jaxdl.train.over_seeds` does).
+    """
+    token = _REPLICAS.set(True)
+    try:
+        yield
+    finally:
+        _REPLICAS.reset(token)
+
+
 def _auto_conv(x, kernel, strides, pads, groups):
-    """On the CPU the formulation `_cpu_plan` picks for the shape; `lax` convolution elsewhere."""
+    """On the CPU the formulation `_cpu_plan` picks for the shape (1-D over replicas:
+    patches, see `replicas`); `lax` convolution elsewhere."""
     nd = x.ndim - 2
+    if nd == 1 and _REPLICAS.get():
+        return lax.platform_dependent(x, kernel, cpu=lambda x, k: _patch_conv(x, k, strides, pads, groups),
+                                      default=lambda x, k: _lax_conv(x, k, strides, pads, groups))
     forward, input_grad = _cpu_plan(x.shape[1:-1], kernel.shape[:nd], strides, pads, x.shape[-1])
 
     def cpu(x, kernel):
