@@ -423,8 +423,8 @@ def replicas():
     `lax` convolution into a grouped one, one group per replica. On the CPU, "auto"
     takes the im2col form ("patches", batched matrix products under `jax.vmap`) for
     1-D convolutions inside this context: the MNIST-1D CNN over 5 vmapped seeds (250
-    steps per call) trained at 205–214 steps/s so, against 126–143 with its one-replica
-    plan (2026-12-07, launcher). 2-D convolutions keep their plan: with patches,
+    steps per call) trained at 204–214 steps/s with patches, against 126–143 with its
+    one-replica plan (2026-12-07, launcher). 2-D convolutions keep their plan: with patches,
     LeNet-5 on digits over 3 seeds trained at 12.6 steps/s against 31.9. The context is
     read when a function is traced, so enter it inside the traced function
     (`jaxdl.train.over_seeds` does).
