@@ -440,12 +440,12 @@ def _auto_conv(x, kernel, strides, pads, groups):
     """On the CPU the formulation `_cpu_plan` picks for the shape (1-D over replicas:
     patches, see `replicas`); `lax` convolution elsewhere."""
     nd = x.ndim - 2
-    if nd == 1 and _REPLICAS.get():
-        return lax.platform_dependent(x, kernel, cpu=lambda x, k: _patch_conv(x, k, strides, pads, groups),
-                                      default=lambda x, k: _lax_conv(x, k, strides, pads, groups))
+    replicas_1d = nd == 1 and _REPLICAS.get()
     forward, input_grad = _cpu_plan(x.shape[1:-1], kernel.shape[:nd], strides, pads, x.shape[-1])
 
     def cpu(x, kernel):
+        if replicas_1d:
+            return _patch_conv(x, kernel, strides, pads, groups)
         if forward == "matmul":
             return _matmul_conv(x, kernel, strides, pads, groups)
         if input_grad == "matmul":
