@@ -372,6 +372,43 @@ def op_profile(c: Contender, min_s: float = 1.0) -> dict:
     return {"wall_ms_per_step": wall * 1e3 / steps, "ms_per_step": totals, "steps": steps}
 
 
+TORCH_CATEGORIES = ("convolution", "matrix product", "copies", "pooling",
+                    "elementwise, reductions, compiled kernels", "between operations")
+
+
+def _torch_category(op: str) -> str:
+    if "convolution" in op:  # aten::mkldnn_convolution, aten::convolution_backward, ...
+        return TORCH_CATEGORIES[0]
+    if op in ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear"):
+        return TORCH_CATEGORIES[1]
+    if op in ("aten::copy_", "aten::clone", "aten::contiguous", "aten::_to_copy"):
+        return TORCH_CATEGORIES[2]
+    if "pool" in op:
+        return TORCH_CATEGORIES[3]
+    return TORCH_CATEGORIES[4]  # under torch.compile its generated kernels count here
+
+
+def torch_profile(c: Contender, min_s: float = 1.0) -> dict:
+    """Milliseconds per step in each kind of PyTorch operation (their own time, without the
+    operations they call), from `torch.profiler` over at least 3 steps and `min_s` seconds of
+    them. PyTorch's CPU operations run one after another on the calling thread, each spread
+    over the threads inside it, so these are wall times: with the time between operations
+    (Python, dispatch, the profiler's own) they add up to the step's."""
+    from torch.profiler import ProfilerActivity, profile
+    steps = max(3, _calibrate(c, min_s))
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t = time.perf_counter()
+        for _ in range(steps):
+            c.run()
+        wall = time.perf_counter() - t
+    totals = dict.fromkeys(TORCH_CATEGORIES, 0.0)
+    for event in prof.key_averages():
+        totals[_torch_category(event.key)] += event.self_cpu_time_total / 1e3 / steps
+    wall_ms = wall * 1e3 / steps
+    totals[TORCH_CATEGORIES[-1]] = max(0.0, wall_ms - sum(totals.values()))
+    return {"wall_ms_per_step": wall_ms, "ms_per_step": totals, "steps": steps}
+
+
 # ---------------------------------------------------------------------------- timing
 
 def _calibrate(c: Contender, min_s: float) -> int:
@@ -529,6 +566,8 @@ def measure_model(name: str) -> dict:
     for c in contenders:
         if c.hlo is not None:
             result["contenders"][c.name]["profile"] = op_profile(c)
+        elif c.name in ("PyTorch", "torch.compile"):
+            result["contenders"][c.name]["profile"] = torch_profile(c)
     if FLAGS.memory:
         for label in ("jaxdl", "plain Flax", "PyTorch", "torch.compile"):
             if label in result["contenders"]:
@@ -616,13 +655,13 @@ def _cost_row(name: str, r: dict) -> str:
             f"{' / '.join(mem(k) for k in labels)} | {' / '.join(faults(k) for k in labels)} |")
 
 
-def _profile_rows(name: str, r: dict) -> list[str]:
+def _profile_rows(name: str, r: dict, labels=("jaxdl", "plain Flax"), categories=CATEGORIES) -> list[str]:
     rows = []
-    for label in ("jaxdl", "plain Flax"):
+    for label in labels:
         prof = r["contenders"].get(label, {}).get("profile")
         if prof:
             cells = " | ".join(f"{prof['ms_per_step'][k]:.1f}" if k in prof["ms_per_step"] else "–"
-                               for k in CATEGORIES)
+                               for k in categories)
             rows.append(f"| {TITLES[name]} | {label} | {prof['wall_ms_per_step']:.1f} | {cells} |")
     return rows
 
@@ -745,6 +784,25 @@ def render(results: dict) -> str:
     ]
     for name, r in models.items():
         lines += _profile_rows(name, r)
+    lines += [
+        "",
+        "## Where PyTorch's steps spend their time",
+        "",
+        "From `torch.profiler` over at least 3 steps and a second of them: milliseconds per step in each "
+        "kind of operation, each operation's own time without the operations it calls. PyTorch runs its "
+        "CPU operations one after another on the calling thread, each spread over both threads inside "
+        "it, so these are wall times and add up to the step's with the time between operations (Python, "
+        "dispatch and the profiler's own, whose wall the step's includes). Convolutions are oneDNN's, "
+        "forward and backward (`aten::convolution_backward`: both gradients); under `torch.compile` the "
+        "code it generates (fused elementwise work, the loss, the optimizer's update) counts as "
+        "elementwise. Compare a category's share of the step with the JAX table's share, not its "
+        "milliseconds: the JAX table sums over threads.",
+        "",
+        "| model | step | wall ms | " + " | ".join(TORCH_CATEGORIES) + " |",
+        "|---|---|---|" + "---|" * len(TORCH_CATEGORIES),
+    ]
+    for name, r in models.items():
+        lines += _profile_rows(name, r, ("PyTorch", "torch.compile"), TORCH_CATEGORIES)
     lines += ["", "## The convolutions, layer by layer", "",
               "Each 3×3 convolution of ResNet-18 and VGG-11 at the table's batch, its three products "
               "(forward, input gradient, kernel gradient) compiled and timed alone, jaxdl's against PyTorch's, "
