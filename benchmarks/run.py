@@ -655,14 +655,17 @@ def _cost_row(name: str, r: dict) -> str:
             f"{' / '.join(mem(k) for k in labels)} | {' / '.join(faults(k) for k in labels)} |")
 
 
-def _profile_rows(name: str, r: dict, labels=("jaxdl", "plain Flax"), categories=CATEGORIES) -> list[str]:
-    rows = []
-    for label in labels:
-        prof = r["contenders"].get(label, {}).get("profile")
-        if prof:
-            cells = " | ".join(f"{prof['ms_per_step'][k]:.1f}" if k in prof["ms_per_step"] else "–"
-                               for k in categories)
-            rows.append(f"| {TITLES[name]} | {label} | {prof['wall_ms_per_step']:.1f} | {cells} |")
+def _profile_table(title: str, text: str, models: dict, labels, categories) -> list[str]:
+    rows = ["", f"## {title}", "", text, "",
+            "| model | step | wall ms | " + " | ".join(categories) + " |",
+            "|---|---|---|" + "---|" * len(categories)]
+    for name, r in models.items():
+        for label in labels:
+            prof = r["contenders"].get(label, {}).get("profile")
+            if prof:
+                cells = " | ".join(f"{prof['ms_per_step'][k]:.1f}" if k in prof["ms_per_step"] else "–"
+                                   for k in categories)
+                rows.append(f"| {TITLES[name]} | {label} | {prof['wall_ms_per_step']:.1f} | {cells} |")
     return rows
 
 
@@ -769,25 +772,16 @@ def render(results: dict) -> str:
     lines += ["", "## Targets", "", "| target | measured | met |", "|---|---|---|"]
     for row in results["targets"]:
         lines.append(f"| {row['target']} | {row['value']} | {'yes' if row['met'] else '**no**'} |")
-    lines += [
-        "",
-        "## Where the JAX steps spend their time",
-        "",
+    lines += _profile_table(
+        "Where the JAX steps spend their time",
         "From `jax.profiler` over at least 3 steps and a second of them: milliseconds per step in "
         "each kind of XLA operation, summed over threads (so the sum can exceed the wall time). "
         "A convolution runs in YNNPACK (a library fusion), in XLA:CPU's Eigen convolution (counted so when "
         "its dimensions are in the canonical order and its input undilated) or in loops XLA emits itself. An "
         "Eigen convolution or matrix product counts, per thread, from its start to that thread's end mark.",
-        "",
-        "| model | step | wall ms | " + " | ".join(CATEGORIES) + " |",
-        "|---|---|---|" + "---|" * len(CATEGORIES),
-    ]
-    for name, r in models.items():
-        lines += _profile_rows(name, r)
-    lines += [
-        "",
-        "## Where PyTorch's steps spend their time",
-        "",
+        models, ("jaxdl", "plain Flax"), CATEGORIES)
+    lines += _profile_table(
+        "Where PyTorch's steps spend their time",
         "From `torch.profiler` over at least 3 steps and a second of them: milliseconds per step in each "
         "kind of operation, each operation's own time without the operations it calls. PyTorch runs its "
         "CPU operations one after another on the calling thread, each spread over both threads inside "
@@ -797,12 +791,7 @@ def render(results: dict) -> str:
         "code it generates (fused elementwise work, the loss, the optimizer's update) counts as "
         "elementwise. Compare a category's share of the step with the JAX table's share, not its "
         "milliseconds: the JAX table sums over threads.",
-        "",
-        "| model | step | wall ms | " + " | ".join(TORCH_CATEGORIES) + " |",
-        "|---|---|---|" + "---|" * len(TORCH_CATEGORIES),
-    ]
-    for name, r in models.items():
-        lines += _profile_rows(name, r, ("PyTorch", "torch.compile"), TORCH_CATEGORIES)
+        models, ("PyTorch", "torch.compile"), TORCH_CATEGORIES)
     lines += ["", "## The convolutions, layer by layer", "",
               "Each 3×3 convolution of ResNet-18 and VGG-11 at the table's batch, its three products "
               "(forward, input gradient, kernel gradient) compiled and timed alone, jaxdl's against PyTorch's, "
