@@ -285,7 +285,7 @@ def test_damaged_latest_checkpoint_is_named_and_deleting_it_resumes_from_the_pre
 
 
 def test_a_flipped_bit_passes_orbax_and_is_caught_by_the_digest(small_run, tmp_path):
-    """Why the manifest exists: Orbax reads this damage back without complaint."""
+    """Why the manifest exists: Orbax reads most such damage back without complaint."""
     good = state_leaves(small_run, 30)
     # Each chunk is a zstd frame without a checksum. Most flipped bits decode to other
     # numbers without an error; a flip that breaks a frame's structure (its headers or the
